@@ -1,0 +1,31 @@
+# The two commands of the README: `make up` (install, then run the whole stack against the
+# simulator) and `make test` (install, then lint, type-check and run every test).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+
+.PHONY: install services up test lint bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+services:
+	bash scripts/ensure-services.sh
+
+up: install services
+	$(BIN)/ticker-worker up
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install services lint
+	$(BIN)/pytest
+
+bench: install services
+	$(BIN)/python -m benchmarks

@@ -1,0 +1,67 @@
+"""Settings from the environment and a `.env` file (DESIGN 4.5); built once, never at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KITE_API_ROOT = "https://api.kite.trade"
+KITE_WS_ROOT = "wss://ws.kite.trade"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = ""
+    celery_result_backend: str = ""
+    kite_api_root: str = KITE_API_ROOT
+    kite_ws_root: str = KITE_WS_ROOT
+    ticker_redis_prefix: str = "ticker:nifty"
+    holder_http_port: int = 8080
+    holder_http_host: str = "0.0.0.0"
+    flower_port: int = 5555
+    flower_basic_auth: str = ""
+    environment: str = "development"
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+
+    # Kite limits; lowering them is how tests and demos exercise a full house cheaply.
+    max_tokens_per_connection: int = Field(default=3000, ge=1, le=3000)
+    max_connections_per_account: int = Field(default=3, ge=1, le=3)
+
+    # Holder timing.
+    reconcile_interval: float = Field(default=2.0, gt=0, le=5.0)
+    stale_after: float = Field(default=5.0, gt=0)
+    reconnect_max_delay: float = Field(default=30.0, gt=0)
+    tick_flush_interval: float = Field(default=1.0, gt=0)
+    subscribe_batch_size: int = Field(default=1000, ge=1, le=3000)
+
+    # Backfill defaults.
+    backfill_interval: str = "minute"
+    backfill_days: int = Field(default=5, ge=1, le=2000)
+    historical_rate_per_second: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _derive_celery_urls(self) -> Settings:
+        if not self.celery_broker_url:
+            self.celery_broker_url = self.redis_url
+        if not self.celery_result_backend:
+            self.celery_result_backend = self.celery_broker_url
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when Kite endpoints point anywhere but Kite's real hosts."""
+        return self.kite_ws_root != KITE_WS_ROOT
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return Settings()

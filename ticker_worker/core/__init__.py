@@ -1,0 +1,1 @@
+"""The pure core: validation, placement, the reconcile diff, event schema. No I/O here."""

@@ -1,0 +1,1 @@
+"""Postgres adapter: typed models, the engine factory and the repositories."""

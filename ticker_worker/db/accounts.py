@@ -1,0 +1,102 @@
+"""Broker accounts in Postgres. Access tokens are stored here and never leave in output or logs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from ticker_worker.errors import AccountError
+from ticker_worker.logs import mask, register_secret
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class AccountRow:
+    """An account as the holder and backfill see it."""
+
+    name: str
+    api_key: str
+    access_token: str
+    enabled: bool
+    healthy: bool
+    unhealthy_reason: str | None
+
+    def public(self) -> dict[str, object]:
+        """A printable view: the token masked."""
+        return {
+            "name": self.name, "api_key": self.api_key, "access_token": mask(self.access_token),
+            "enabled": self.enabled, "healthy": self.healthy, "reason": self.unhealthy_reason,
+        }
+
+
+_COLUMNS = "name, api_key, access_token, enabled, healthy, unhealthy_reason"
+
+
+def _check(name: str, api_key: str | None = None, token: str | None = None) -> None:
+    if not NAME_RE.match(name):
+        raise AccountError(
+            f"invalid account name {name!r}: use letters, digits, '_', '.', '-' (max 64)"
+        )
+    if api_key is not None and not api_key.strip():
+        raise AccountError("api key must not be empty")
+    if token is not None and not token.strip():
+        raise AccountError("access token must not be empty")
+
+
+def list_all(conn: Connection) -> list[AccountRow]:
+    """Every account, by name."""
+    rows = conn.execute(text(f"SELECT {_COLUMNS} FROM accounts ORDER BY name")).all()
+    accounts = [AccountRow(*r) for r in rows]
+    for a in accounts:
+        register_secret(a.access_token)
+    return accounts
+
+
+def add(conn: Connection, name: str, api_key: str, access_token: str) -> None:
+    """Add an account; refuse a duplicate name or api key with a clear error."""
+    _check(name, api_key, access_token)
+    register_secret(access_token)
+    clash = conn.execute(
+        text("SELECT name FROM accounts WHERE name = :n OR api_key = :k"),
+        {"n": name, "k": api_key},
+    ).first()
+    if clash:
+        raise AccountError(f"an account with this name or api key exists already: {clash.name}")
+    conn.execute(
+        text("INSERT INTO accounts (name, api_key, access_token) VALUES (:n, :k, :t)"),
+        {"n": name, "k": api_key, "t": access_token},
+    )
+
+
+def _update(conn: Connection, name: str, sql: str, **params: object) -> None:
+    _check(name)
+    if conn.execute(text(sql), {"n": name, **params}).rowcount == 0:
+        raise AccountError(f"no account named {name!r} (see `ticker-worker accounts list`)")
+
+
+def set_token(conn: Connection, name: str, access_token: str) -> None:
+    """Store a new access token and mark the account healthy again (the daily re-login)."""
+    _check(name, token=access_token)
+    register_secret(access_token)
+    _update(
+        conn, name,
+        "UPDATE accounts SET access_token = :t, healthy = true, unhealthy_reason = NULL, "
+        "token_updated_at = now() WHERE name = :n",
+        t=access_token,
+    )
+
+
+def set_enabled(conn: Connection, name: str, enabled: bool) -> None:
+    """Enable or disable an account; the holder moves a disabled account's instruments away."""
+    _update(conn, name, "UPDATE accounts SET enabled = :e WHERE name = :n", e=enabled)
+
+
+def mark_health(conn: Connection, name: str, healthy: bool, reason: str | None = None) -> None:
+    """Record what the holder learnt about an account's credentials."""
+    conn.execute(
+        text("UPDATE accounts SET healthy = :h, unhealthy_reason = :r WHERE name = :n"),
+        {"n": name, "h": healthy, "r": reason},
+    )

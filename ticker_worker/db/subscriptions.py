@@ -1,0 +1,103 @@
+"""Subscription desired state in Postgres: bulk upserts for the command tasks.
+
+Every write bumps `generation` only when something really changes, so a repeated or
+redelivered command is a no-op (`changed: false`) and does not wake the holder for nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from ticker_worker.keys import NUDGE_CHANNEL
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The state of one subscription after a command."""
+
+    instrument_token: int
+    mode: str | None
+    status: str
+    changed: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """The task result shape of DESIGN 4.1."""
+        return {
+            "instrument_token": self.instrument_token,
+            "mode": self.mode,
+            "status": self.status,
+            "changed": self.changed,
+        }
+
+
+_UPSERT = text("""
+INSERT INTO subscriptions AS s (instrument_token, mode, wanted, status)
+SELECT t, :mode, true, 'pending' FROM unnest(CAST(:tokens AS bigint[])) AS t
+ON CONFLICT (instrument_token) DO UPDATE
+SET mode = EXCLUDED.mode,
+    wanted = true,
+    generation = s.generation + 1,
+    status = CASE WHEN s.status IN ('removed', 'failed') THEN 'pending' ELSE s.status END,
+    reason = CASE WHEN s.status IN ('removed', 'failed') THEN NULL ELSE s.reason END,
+    requested_at = CASE WHEN s.wanted THEN s.requested_at ELSE now() END,
+    updated_at = now()
+WHERE NOT s.wanted OR s.mode <> EXCLUDED.mode OR s.status = 'failed'
+RETURNING instrument_token
+""")
+
+_UNSUBSCRIBE = text("""
+UPDATE subscriptions SET wanted = false, generation = generation + 1, updated_at = now()
+WHERE instrument_token = :token AND wanted
+RETURNING instrument_token
+""")
+
+_SET_MODE = text("""
+UPDATE subscriptions SET mode = :mode, generation = generation + 1, updated_at = now()
+WHERE instrument_token = :token AND wanted AND mode <> :mode
+RETURNING instrument_token
+""")
+
+_CURRENT = text("""
+SELECT instrument_token, mode, status, wanted FROM subscriptions
+WHERE instrument_token = ANY(CAST(:tokens AS bigint[]))
+""")
+
+
+def nudge(conn: Connection) -> None:
+    """Wake the holder when this transaction commits (NOTIFY is dropped on rollback)."""
+    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NUDGE_CHANNEL})
+
+
+def current(conn: Connection, tokens: Sequence[int]) -> dict[int, tuple[str, str, bool]]:
+    """token -> (mode, status, wanted) for the rows that exist."""
+    rows = conn.execute(_CURRENT, {"tokens": list(tokens)}).all()
+    return {r.instrument_token: (r.mode, r.status, r.wanted) for r in rows}
+
+
+def upsert_wanted(conn: Connection, tokens: Sequence[int], mode: str) -> set[int]:
+    """Mark `tokens` wanted in `mode` in one statement; return the tokens that changed."""
+    if not tokens:
+        return set()
+    changed = {r[0] for r in conn.execute(_UPSERT, {"tokens": list(tokens), "mode": mode})}
+    if changed:
+        nudge(conn)
+    return changed
+
+
+def unwant(conn: Connection, token: int) -> bool:
+    """Mark `token` no longer wanted; return whether anything changed."""
+    changed = conn.execute(_UNSUBSCRIBE, {"token": token}).first() is not None
+    if changed:
+        nudge(conn)
+    return changed
+
+
+def change_mode(conn: Connection, token: int, mode: str) -> bool:
+    """Change the mode of a wanted subscription; return whether anything changed."""
+    changed = conn.execute(_SET_MODE, {"token": token, "mode": mode}).first() is not None
+    if changed:
+        nudge(conn)
+    return changed

@@ -1,0 +1,46 @@
+"""The one error hierarchy of ticker_worker: domain errors fail fast, infrastructure ones retry."""
+
+from __future__ import annotations
+
+
+class TickerWorkerError(Exception):
+    """Base class for every error ticker_worker raises on purpose."""
+
+
+class InvalidRequest(TickerWorkerError, ValueError):
+    """Raised when a command's input is malformed or names something that cannot be served.
+
+    Tasks fail at once on it, are never retried, and write nothing.
+    """
+
+
+class UnknownInstrument(InvalidRequest):
+    """Raised when a token is not in the instrument registry."""
+
+
+class InstrumentExpired(InvalidRequest):
+    """Raised when a token names a contract that has expired or left Kite's dump."""
+
+
+class InvalidMode(InvalidRequest):
+    """Raised when a mode is not one of ltp, quote, full."""
+
+
+class InvalidToken(InvalidRequest):
+    """Raised when an instrument token is not a positive integer."""
+
+
+class AccountError(TickerWorkerError):
+    """Raised when an account operation cannot be carried out (unknown name, duplicate, bad key)."""
+
+
+class NoHealthyAccount(TickerWorkerError):
+    """Raised when work needs Kite credentials and no enabled, healthy account exists."""
+
+
+class InfrastructureError(TickerWorkerError):
+    """Raised when Postgres, Redis or Kite is briefly unreachable; callers retry with backoff."""
+
+
+class KiteAuthError(TickerWorkerError):
+    """Raised when Kite refuses an account's credentials (HTTP 403 at handshake or on REST)."""

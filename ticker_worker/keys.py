@@ -1,0 +1,42 @@
+"""Every Redis key and channel name, in one place (DESIGN 4.3). All carry the configured prefix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Postgres NOTIFY channel the command tasks use to nudge the holder. NOTIFY inside the
+# transaction is delivered only on commit, so a rolled-back change never nudges.
+NUDGE_CHANNEL = "ticker_worker_nudge"
+
+EVENTS_STREAM_MAXLEN = 100_000
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """The names derived from `TICKER_REDIS_PREFIX`."""
+
+    prefix: str
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel: one JSON event per message."""
+        return f"{self.prefix}:events"
+
+    @property
+    def events_stream(self) -> str:
+        """Stream of the same events, field `event`, trimmed to ~100k entries."""
+        return f"{self.prefix}:events:stream"
+
+    @property
+    def ticks(self) -> str:
+        """Pub/sub channel: a JSON array of ticks per message, one Kite frame's worth."""
+        return f"{self.prefix}:ticks"
+
+    @property
+    def holder_state(self) -> str:
+        """The holder's state snapshot (JSON), with a TTL so a dead holder reads as absent."""
+        return f"{self.prefix}:holder:state"
+
+    def historical_bucket(self, api_key_hash: str) -> str:
+        """Shared rate-limit bucket for one account's historical API calls."""
+        return f"{self.prefix}:ratelimit:historical:{api_key_hash}"

@@ -1,0 +1,1 @@
+"""A protocol-faithful Kite simulator: ticker WebSocket and REST API on one port."""

@@ -1,0 +1,1 @@
+"""Celery entrypoints: thin tasks that parse arguments and call one handler."""

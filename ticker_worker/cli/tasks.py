@@ -24,7 +24,7 @@ def _send(name: str, *args: Any, timeout: float = 30) -> Any:
     result = _app().send_task(name, args=list(args))
     try:
         return result.get(timeout=timeout)
-    except Exception as exc:  # the task's own error, re-raised by Celery
+    except Exception as exc:  # noqa: BLE001 - the task's own error, re-raised by Celery
         raise click.ClickException(f"{name} failed: {exc}") from None
 
 

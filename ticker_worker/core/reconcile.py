@@ -1,0 +1,132 @@
+"""The reconcile diff: desired rows against what the connections hold -> the actions (pure).
+
+The plan touches only the connections that hold (or will hold) a changed instrument, so the
+instruments already streaming never see a message. A move (account unhealthy) subscribes on
+the new connection before letting go of the old one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ticker_worker.core.placement import Layout, Slot
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A subscriptions row as the holder reads it."""
+
+    token: int
+    mode: str
+    wanted: bool
+    status: str
+    account: str | None = None
+    connection: int | None = None
+    generation: int = 1
+    dirty: bool = True
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where an instrument streams now, and in which mode."""
+
+    account: str
+    connection: int
+    mode: str
+
+    @property
+    def slot(self) -> Slot:
+        """(account, connection)."""
+        return self.account, self.connection
+
+
+@dataclass
+class Plan:
+    """Messages per connection, and the row updates that follow once they are sent."""
+
+    subscribe: dict[Slot, dict[str, list[int]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    set_mode: dict[Slot, dict[str, list[int]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    unsubscribe: dict[Slot, list[int]] = field(default_factory=lambda: defaultdict(list))
+    activated: list[tuple[Desired, Slot]] = field(default_factory=list)
+    removed: list[Desired] = field(default_factory=list)
+    queued: list[tuple[Desired, str]] = field(default_factory=list)
+    settled: list[Desired] = field(default_factory=list)
+
+    def touched(self) -> set[Slot]:
+        """Every connection this plan sends a message to."""
+        return set(self.subscribe) | set(self.set_mode) | set(self.unsubscribe)
+
+    def is_empty(self) -> bool:
+        """True when there is nothing to send and nothing to record."""
+        return not (self.touched() or self.activated or self.removed or self.queued
+                    or self.settled)
+
+
+def _place_new(d: Desired, layout: Layout) -> Slot | None:
+    # Sticky: after a holder restart an active row goes back where it was, if that still works.
+    if d.status == "active" and d.account is not None and d.connection is not None:
+        previous = (d.account, d.connection)
+        if layout.has_room(previous):
+            return previous
+    return layout.choose()
+
+
+def _plan_wanted(d: Desired, placed: Placed | None, layout: Layout, plan: Plan,
+                 actual: dict[int, Placed]) -> None:
+    if placed is not None and layout.usable(placed.account):
+        if placed.mode != d.mode:
+            plan.set_mode[placed.slot][d.mode].append(d.token)
+            actual[d.token] = Placed(placed.account, placed.connection, d.mode)
+        moved = (d.account, d.connection) != placed.slot
+        if d.status != "active" or moved:
+            plan.activated.append((d, placed.slot))
+        elif d.dirty:
+            plan.settled.append(d)
+        return
+    slot = _place_new(d, layout)
+    if placed is not None:  # its account went away: move it (make before break)
+        plan.unsubscribe[placed.slot].append(d.token)
+        layout.release(placed.slot)
+        del actual[d.token]
+    if slot is None:
+        if d.status != "queued" or d.dirty:
+            plan.queued.append((d, layout.reason_full()))
+        return
+    layout.take(slot)
+    plan.subscribe[slot][d.mode].append(d.token)
+    actual[d.token] = Placed(slot[0], slot[1], d.mode)
+    plan.activated.append((d, slot))
+
+
+def plan(desired: Iterable[Desired], actual: dict[int, Placed], layout: Layout,
+         full: bool = False) -> Plan:
+    """Diff `desired` against `actual`; update `actual` and `layout` to what the plan makes true.
+
+    With `full`, `desired` holds every wanted row, and placed instruments missing from it are
+    orphans to unsubscribe.
+    """
+    result = Plan()
+    seen: set[int] = set()
+    # Removals first, so the capacity they free is usable by the adds of the same pass.
+    for d in sorted(desired, key=lambda row: row.wanted):
+        seen.add(d.token)
+        placed = actual.get(d.token)
+        if d.wanted:
+            _plan_wanted(d, placed, layout, result, actual)
+            continue
+        if placed is not None:
+            result.unsubscribe[placed.slot].append(d.token)
+            layout.release(placed.slot)
+            del actual[d.token]
+        if d.status != "removed" or d.dirty:
+            result.removed.append(d)
+    if full:
+        for token in [t for t in actual if t not in seen]:
+            placed = actual.pop(token)
+            result.unsubscribe[placed.slot].append(token)
+            layout.release(placed.slot)
+    return result

@@ -1,0 +1,1 @@
+"""The stream holder: Kite connections, placement, reconcile, ticks and the event relay."""

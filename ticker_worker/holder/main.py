@@ -1,0 +1,107 @@
+"""`ticker-worker holder`: wires the Holder's loops, its HTTP server and state key, supervises.
+
+If any loop dies unexpectedly the process exits non-zero, so a supervisor restarts it cleanly
+(a restart loses nothing: desired state is in Postgres and reconcile rebuilds the streams).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ticker_worker.bootstrap import Runtime
+from ticker_worker.holder import snapshot
+from ticker_worker.holder.http import build_app
+from ticker_worker.holder.service import Holder
+
+log = logging.getLogger(__name__)
+STATE_TTL = 10
+
+
+class Supervisor:
+    """Runs the holder until a signal or a loop failure."""
+
+    def __init__(self, rt: Runtime, celery_app: Any) -> None:
+        self.holder = Holder(rt, celery_app)
+        self.rt = rt
+        self.rate = 0.0
+        self.http_port: int | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The state as of now (cheap: no I/O), with the last measured tick rate."""
+        doc = snapshot.build(self.holder, self.rate)
+        doc["http_port"] = self.http_port
+        return doc
+
+    async def snapshot_loop(self) -> None:
+        """Refresh the state document every second and publish it with a TTL."""
+        last_total, last_at = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(1)
+            now, total = time.monotonic(), self.holder.ticks.ticks_total
+            self.rate = (total - last_total) / max(now - last_at, 1e-6)
+            last_total, last_at = total, now
+            with contextlib.suppress(Exception):
+                await self.holder.aredis.set(
+                    self.rt.keys.holder_state, orjson.dumps(self.document()), ex=STATE_TTL)
+
+    async def _start_http(self) -> web.AppRunner:
+        runner = web.AppRunner(build_app(self.document), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.rt.settings.holder_http_host,
+                           self.rt.settings.holder_http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else None
+        log.info("holder HTTP on port %s (/health, /metrics)", self.http_port)
+        return runner
+
+    async def run(self) -> int:
+        """Start every loop; return the exit code."""
+        holder = self.holder
+        holder.session = aiohttp.ClientSession()
+        runner = await self._start_http()
+        loops = {
+            asyncio.create_task(coro, name=name) for name, coro in (
+                ("nudges", holder.listener.run()), ("reconcile", holder.reconcile_loop()),
+                ("relay", holder.relay_loop()), ("ticks", holder.ticks.run()),
+                ("tick-times", holder.tick_times_loop()), ("stats", holder.stats_loop()),
+                ("snapshot", self.snapshot_loop()))
+        }
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stopper = asyncio.create_task(stop.wait(), name="signals")
+        done, _ = await asyncio.wait(loops | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is not stopper:
+                log.error("holder loop %s died: %r; exiting", task.get_name(), task.exception())
+                code = 1
+        for task in loops | {stopper}:
+            task.cancel()
+        await asyncio.gather(*loops, stopper, return_exceptions=True)
+        await holder.close()
+        await runner.cleanup()
+        with contextlib.suppress(Exception):
+            self.rt.redis.delete(self.rt.keys.holder_state)
+        log.info("holder stopped")
+        return code
+
+
+def run(rt: Runtime) -> int:
+    """Run the holder in this process until SIGINT/SIGTERM."""
+    from ticker_worker.celery import app
+
+    log.info("holder starting (Kite ticker at %s)", rt.settings.kite_ws_root)
+    return asyncio.run(Supervisor(rt, app).run())

@@ -1,0 +1,250 @@
+"""The Holder: level-triggered reconcile of desired state against the live Kite connections.
+
+One asyncio loop owns every connection. Reconcile runs on each nudge, after each (re)connect
+problem, and on a timer; it sends only the difference, on the connections concerned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+
+from ticker_worker.bootstrap import Runtime
+from ticker_worker.core.placement import Layout, Slot
+from ticker_worker.core.reconcile import Placed, Plan, plan
+from ticker_worker.db import accounts as account_repo
+from ticker_worker.db import instruments
+from ticker_worker.holder import store
+from ticker_worker.holder.accounts import AccountState
+from ticker_worker.holder.listener import NudgeListener
+from ticker_worker.holder.relay import Relay
+from ticker_worker.holder.ticks import TickPipeline
+from ticker_worker.kite.ticker import TickerConnection
+
+log = logging.getLogger(__name__)
+
+
+class Holder:
+    """Keeps every wanted instrument streaming on exactly one connection."""
+
+    def __init__(self, rt: Runtime, celery_app: Any) -> None:
+        self.rt, self.settings = rt, rt.settings
+        self.accounts: dict[str, AccountState] = {}
+        self.actual: dict[int, Placed] = {}
+        self.nudged = asyncio.Event()
+        self.aredis = aioredis.Redis.from_url(self.settings.redis_url, socket_timeout=5,
+                                              socket_connect_timeout=5)
+        self.ticks = TickPipeline(self.aredis, rt.keys.ticks, self.settings.uses_simulator)
+        self.relay = Relay(rt.engine, rt.redis, rt.keys, celery_app)
+        self.listener = NudgeListener(self.settings.database_url, self.nudged)
+        self.outbox: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+        self.session: aiohttp.ClientSession | None = None
+        self.db_ok = False
+        self.last_reconcile_at = 0.0
+        self.reconcile_seconds = 0.0
+        self.reconciles = 0
+        self.counts: dict[str, int] = {}
+        self.outbox_backlog = 0
+        self.instruments = 0
+
+    # ---- reconcile -------------------------------------------------------------------------
+
+    async def reconcile(self, full: bool) -> Plan:
+        """One pass: accounts, desired rows, the diff, the sends, the records."""
+        started = time.perf_counter()
+        rows = await asyncio.to_thread(self._read_accounts)
+        await self._sync_accounts(rows)
+        desired = await asyncio.to_thread(self._read_desired, full)
+        layout = Layout([a.load() for a in self.accounts.values()],
+                        self.settings.max_tokens_per_connection,
+                        self.settings.max_connections_per_account)
+        result = plan(desired, self.actual, layout, full)
+        if not result.is_empty():
+            await self._apply(result)
+            events = await asyncio.to_thread(self._record, result)
+            if events:
+                self.outbox.put_nowait(events)
+            self._log_plan(result)
+        await self._retire_unusable()
+        self.db_ok = True
+        self.last_reconcile_at = time.time()
+        self.reconcile_seconds = time.perf_counter() - started
+        self.reconciles += 1
+        return result
+
+    def _read_accounts(self) -> list[account_repo.AccountRow]:
+        with self.rt.engine.connect() as conn:
+            return account_repo.list_all(conn)
+
+    def _read_desired(self, full: bool) -> list[Any]:
+        with self.rt.engine.connect() as conn:
+            return store.read_desired(conn, full)
+
+    def _record(self, result: Plan) -> list[dict[str, Any]]:
+        with self.rt.engine.begin() as conn:
+            return store.record(conn, result)
+
+    async def _sync_accounts(self, rows: list[account_repo.AccountRow]) -> None:
+        names = {r.name for r in rows}
+        for row in rows:
+            state = self.accounts.get(row.name)
+            if state is None:
+                self.accounts[row.name] = AccountState(row)
+            elif state.update(row):
+                log.info("account usable again", extra={"account": row.name})
+        for name in [n for n in self.accounts if n not in names]:
+            self.accounts[name].row = account_repo.AccountRow(
+                name, "", "", enabled=False, healthy=False, unhealthy_reason="deleted")
+
+    async def _retire_unusable(self) -> None:
+        for state in self.accounts.values():
+            if not state.usable and state.connections:
+                await self._retire(state)
+
+    async def _retire(self, state: AccountState) -> None:
+        # Called after the plan moved its instruments elsewhere (subscribed there first).
+        for conn in state.connections.values():
+            await conn.stop()
+        state.connections.clear()
+
+    def _connection(self, slot: Slot) -> TickerConnection:
+        state = self.accounts[slot[0]]
+        conn = state.connections.get(slot[1])
+        if conn is None:
+            assert self.session is not None
+            conn = TickerConnection(
+                state.name, slot[1], self.settings.kite_ws_root, state.credentials, self.session,
+                self._on_frame, self._on_auth_rejected, stale_after=self.settings.stale_after,
+                max_delay=self.settings.reconnect_max_delay,
+                batch_size=self.settings.subscribe_batch_size)
+            state.connections[slot[1]] = conn
+            conn.start()
+        return conn
+
+    async def _apply(self, result: Plan) -> None:
+        # Make before break: subscribe on the new connections before releasing old ones.
+        for slot, by_mode in result.subscribe.items():
+            conn = self._connection(slot)
+            for mode, tokens in by_mode.items():
+                await conn.subscribe(tokens, mode)
+        for slot, by_mode in result.set_mode.items():
+            for mode, tokens in by_mode.items():
+                await self._connection(slot).set_mode(tokens, mode)
+        for slot, tokens in result.unsubscribe.items():
+            state = self.accounts.get(slot[0])
+            old = state.connections.get(slot[1]) if state else None
+            if old is not None:
+                await old.unsubscribe(tokens)
+        gone = [t for tokens in result.unsubscribe.values() for t in tokens if t not in self.actual]
+        self.ticks.forget(gone)
+
+    def _log_plan(self, result: Plan) -> None:
+        log.info("reconciled: %d placed, %d removed, %d queued, %d mode changes on %d connections",
+                 len(result.activated), len(result.removed), len(result.queued),
+                 sum(len(t) for m in result.set_mode.values() for t in m.values()),
+                 len(result.touched()))
+
+    # ---- callbacks from connections -------------------------------------------------------
+
+    async def _on_frame(self, conn: TickerConnection, frame: bytes) -> None:
+        await self.ticks.put(frame)
+
+    def _on_auth_rejected(self, conn: TickerConnection) -> None:
+        state = self.accounts.get(conn.account)
+        if state is None or state.auth_failed:
+            return
+        state.auth_failed = True
+        reason = "access token rejected by Kite (403): run `ticker-worker accounts set-token`"
+        asyncio.get_running_loop().create_task(self._mark_unhealthy(state.name, reason))
+        self.nudged.set()
+
+    async def _mark_unhealthy(self, name: str, reason: str) -> None:
+        def write() -> None:
+            with self.rt.engine.begin() as db:
+                account_repo.mark_health(db, name, False, reason)
+        try:
+            await asyncio.to_thread(write)
+        except Exception:
+            log.exception("could not record the account's health", extra={"account": name})
+
+    # ---- loops ---------------------------------------------------------------------------
+
+    async def reconcile_loop(self) -> None:
+        """Reconcile on every nudge (dirty rows) and on the timer (everything)."""
+        next_full = 0.0
+        while True:
+            timeout = max(0.0, next_full - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.nudged.wait(), timeout)
+            self.nudged.clear()
+            full = time.monotonic() >= next_full
+            try:
+                await self.reconcile(full)
+            except Exception as exc:  # noqa: BLE001 - Postgres down: retry on the timer
+                self.db_ok = False
+                log.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+                continue
+            if full:
+                next_full = time.monotonic() + self.settings.reconcile_interval
+
+    async def relay_loop(self) -> None:
+        """Deliver fresh events at once; sweep the outbox for anything left behind."""
+        while True:
+            try:
+                events = await asyncio.wait_for(self.outbox.get(), 2.0)
+                await asyncio.to_thread(self.relay.deliver, events)
+            except TimeoutError:
+                try:
+                    await asyncio.to_thread(self.relay.sweep)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("outbox sweep failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
+                log.warning("event delivery failed (%s); will retry from the outbox", exc)
+
+    async def tick_times_loop(self) -> None:
+        """Flush first/last tick times in one statement per interval."""
+        while True:
+            await asyncio.sleep(self.settings.tick_flush_interval)
+            seen = self.ticks.take_times()
+            if not seen:
+                continue
+            try:
+                await asyncio.to_thread(self._write_ticks, seen)
+            except Exception as exc:  # noqa: BLE001 - times only; the next flush catches up
+                log.warning("tick times not stored: %s", exc)
+                self.ticks.pending_times.update(seen)
+
+    def _write_ticks(self, seen: dict[int, float]) -> None:
+        with self.rt.engine.begin() as conn:
+            store.record_ticks(conn, seen)
+
+    async def stats_loop(self) -> None:
+        """Refresh the counts that /health and status show."""
+        while True:
+            try:
+                self.counts, self.outbox_backlog, self.instruments = await asyncio.to_thread(
+                    self._read_stats)
+                self.db_ok = True
+            except Exception:  # noqa: BLE001
+                self.db_ok = False
+            await asyncio.sleep(2)
+
+    def _read_stats(self) -> tuple[dict[str, int], int, int]:
+        with self.rt.engine.connect() as conn:
+            return (store.status_counts(conn), store.outbox_backlog(conn),
+                    instruments.count(conn))
+
+    async def close(self) -> None:
+        """Close every connection and client."""
+        for state in self.accounts.values():
+            await self._retire(state)
+        await self.aredis.aclose()
+        if self.session is not None:
+            await self.session.close()

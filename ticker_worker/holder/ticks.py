@@ -1,0 +1,117 @@
+"""Ticks: decode each Kite frame, publish it as one JSON array on `{prefix}:ticks`, note times.
+
+Frames pass through one bounded queue: a slow Redis slows the sockets' reads (backpressure)
+instead of growing memory without bound. Tick times go to Postgres in batches, never per tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from ticker_worker.kite.codec import decode_frame
+
+log = logging.getLogger(__name__)
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+class IsoTimes:
+    """Epoch seconds -> ISO-8601 with the IST offset, cached: a frame's ticks share seconds."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._cache: dict[int, str] = {}
+        self._size = size
+
+    def __call__(self, epoch: int) -> str:
+        value = self._cache.get(epoch)
+        if value is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            value = self._cache[epoch] = datetime.fromtimestamp(epoch, IST).isoformat()
+        return value
+
+
+def encode_ticks(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
+    """One frame -> (JSON array of ticks, tokens seen)."""
+    ticks = decode_frame(frame, to_datetime=times)
+    if is_mock:
+        for tick in ticks:
+            tick["is_mock"] = True
+    return orjson.dumps(ticks), [t["instrument_token"] for t in ticks]
+
+
+class TickPipeline:
+    """Consumes frames from the connections and publishes them."""
+
+    def __init__(self, client: aioredis.Redis, channel: str, is_mock: bool,
+                 maxsize: int = 1000) -> None:
+        self.redis, self.channel, self.is_mock = client, channel, is_mock
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
+        self.times = IsoTimes()
+        self.last_tick: dict[int, float] = {}
+        self.pending_times: dict[int, float] = {}
+        self.ticks_total = 0
+        self.frames_total = 0
+        self.publish_failures = 0
+        self.redis_ok = True
+
+    async def put(self, frame: bytes) -> None:
+        """Queue a frame; waits when the publisher is behind."""
+        await self.queue.put(frame)
+
+    async def run(self) -> None:
+        """Publish frames until cancelled."""
+        while True:
+            frame = await self.queue.get()
+            try:
+                await self._publish(frame)
+            except Exception:  # one bad frame must not stop the stream
+                log.exception("tick frame dropped")
+
+    async def _publish(self, frame: bytes) -> None:
+        body, tokens = encode_ticks(frame, self.is_mock, self.times)
+        if not tokens:
+            return
+        now = time.time()
+        for token in tokens:
+            self.last_tick[token] = now
+            self.pending_times[token] = now
+        self.ticks_total += len(tokens)
+        self.frames_total += 1
+        try:
+            await self.redis.publish(self.channel, body)
+            self.redis_ok = True
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self.publish_failures += 1
+            if self.redis_ok:
+                log.error("Redis unreachable: ticks are not being published")
+            self.redis_ok = False
+
+    def take_times(self) -> dict[int, float]:
+        """Tick times since the last call, for one batched database write."""
+        taken, self.pending_times = self.pending_times, {}
+        return taken
+
+    def last_tick_age(self) -> float | None:
+        """Seconds since the newest tick of any instrument."""
+        if not self.last_tick:
+            return None
+        return time.time() - max(self.last_tick.values())
+
+    def forget(self, tokens: list[int]) -> None:
+        """Drop tick bookkeeping for unsubscribed tokens."""
+        for token in tokens:
+            self.last_tick.pop(token, None)
+            self.pending_times.pop(token, None)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for /health, /metrics and the state snapshot."""
+        return {"ticks_total": self.ticks_total, "frames_total": self.frames_total,
+                "publish_failures": self.publish_failures, "queue": self.queue.qsize()}

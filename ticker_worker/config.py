@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     max_connections_per_account: int = Field(default=3, ge=1, le=3)
 
     # Holder timing.
-    reconcile_interval: float = Field(default=2.0, gt=0, le=5.0)
+    reconcile_interval: float = Field(default=5.0, gt=0, le=5.0)
     stale_after: float = Field(default=5.0, gt=0)
     reconnect_max_delay: float = Field(default=30.0, gt=0)
     tick_flush_interval: float = Field(default=1.0, gt=0)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 # Postgres NOTIFY channel the command tasks use to nudge the holder. NOTIFY inside the
 # transaction is delivered only on commit, so a rolled-back change never nudges.
 NUDGE_CHANNEL = "ticker_worker_nudge"
+# Payload of a nudge that asks for a full pass: accounts changed (token, enabled).
+FULL_PASS = "full"
 
 EVENTS_STREAM_MAXLEN = 100_000
 

@@ -7,8 +7,9 @@ import sys
 import click
 
 from ticker_worker import __version__
-from ticker_worker.cli import accounts, db, instruments, tasks
+from ticker_worker.cli import accounts, db, holder, instruments, status, tasks, up
 from ticker_worker.errors import TickerWorkerError
+from ticker_worker.sim.cli import sim
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,20 +21,17 @@ def cli() -> None:
 cli.add_command(db.db)
 cli.add_command(accounts.accounts)
 cli.add_command(instruments.instruments)
+cli.add_command(holder.holder)
+cli.add_command(holder.health)
+cli.add_command(status.status)
+cli.add_command(sim)
+cli.add_command(up.up)
 for command in tasks.COMMANDS:
     cli.add_command(command)
 
 
-def _optional_commands() -> None:
-    # Imported here so that a heavy dependency of one command never slows the others' start-up.
-    from ticker_worker.sim.cli import sim
-
-    cli.add_command(sim)
-
-
 def main() -> None:
     """Console entry point: domain errors print one clear line and exit 1, never a traceback."""
-    _optional_commands()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, text
 
 from ticker_worker.errors import AccountError
+from ticker_worker.keys import FULL_PASS, NUDGE_CHANNEL
 from ticker_worker.logs import mask, register_secret
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -69,12 +70,19 @@ def add(conn: Connection, name: str, api_key: str, access_token: str) -> None:
         text("INSERT INTO accounts (name, api_key, access_token) VALUES (:n, :k, :t)"),
         {"n": name, "k": api_key, "t": access_token},
     )
+    _nudge_holder(conn)
 
 
 def _update(conn: Connection, name: str, sql: str, **params: object) -> None:
     _check(name)
     if conn.execute(text(sql), {"n": name, **params}).rowcount == 0:
         raise AccountError(f"no account named {name!r} (see `ticker-worker accounts list`)")
+    _nudge_holder(conn)
+
+
+def _nudge_holder(conn: Connection) -> None:
+    # The holder re-reads accounts on a full pass; ask for one as soon as this commits.
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NUDGE_CHANNEL, "p": FULL_PASS})
 
 
 def set_token(conn: Connection, name: str, access_token: str) -> None:

@@ -66,9 +66,10 @@ WHERE instrument_token = ANY(CAST(:tokens AS bigint[]))
 """)
 
 
-def nudge(conn: Connection) -> None:
+def nudge(conn: Connection, payload: str = "") -> None:
     """Wake the holder when this transaction commits (NOTIFY is dropped on rollback)."""
-    conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NUDGE_CHANNEL})
+    conn.execute(text("SELECT pg_notify(:channel, :payload)"),
+                 {"channel": NUDGE_CHANNEL, "payload": payload})
 
 
 def current(conn: Connection, tokens: Sequence[int]) -> dict[int, tuple[str, str, bool]]:

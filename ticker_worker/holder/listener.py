@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy.engine import make_url
 
-from ticker_worker.keys import NUDGE_CHANNEL
+from ticker_worker.keys import FULL_PASS, NUDGE_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class NudgeListener:
         self.event = event
         self._conn: Any = None
         self.connected = False
+        # Set by a nudge that asks for a full pass (an account changed), cleared by the reader.
+        self.full_requested = False
 
     async def run(self) -> None:
         """Keep a LISTEN open until cancelled."""
@@ -61,9 +63,7 @@ class NudgeListener:
             self._conn.cursor().execute("SELECT 1")
         except psycopg2.Error:
             return False
-        if self._conn.notifies:  # a query collects pending notifications too
-            self._conn.notifies.clear()
-            self.event.set()
+        self._drain()  # a query collects pending notifications too
         return True
 
     def _readable(self) -> None:
@@ -72,7 +72,12 @@ class NudgeListener:
         except psycopg2.Error:
             self.connected = False
             return
+        self._drain()
+
+    def _drain(self) -> None:
         if self._conn.notifies:
+            if any(n.payload == FULL_PASS for n in self._conn.notifies):
+                self.full_requested = True
             self._conn.notifies.clear()
             self.event.set()
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
+import sys
 import time
 from typing import Any
 
@@ -29,8 +31,8 @@ STATE_TTL = 10
 class Supervisor:
     """Runs the holder until a signal or a loop failure."""
 
-    def __init__(self, rt: Runtime, celery_app: Any) -> None:
-        self.holder = Holder(rt, celery_app)
+    def __init__(self, rt: Runtime, celery_app: Any, holder_cls: type[Holder] = Holder) -> None:
+        self.holder = holder_cls(rt, celery_app)
         self.rt = rt
         self.rate = 0.0
         self.http_port: int | None = None
@@ -99,9 +101,24 @@ class Supervisor:
         return code
 
 
-def run(rt: Runtime) -> int:
+def tune_runtime() -> None:
+    """Tune the interpreter for a process that decodes tens of thousands of ticks a second.
+
+    Tick dicts are acyclic and short-lived: freeze the start-up heap and collect less often
+    (the default gen-0 threshold of 700 allocations collects every few packets, for nothing).
+    A shorter GIL switch interval lets the event loop answer a nudge within half a
+    millisecond while the decode thread chews through a 3000-packet frame.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    sys.setswitchinterval(0.0005)
+
+
+def run(rt: Runtime, holder_cls: type[Holder] = Holder) -> int:
     """Run the holder in this process until SIGINT/SIGTERM."""
     from ticker_worker.celery import app
 
     log.info("holder starting (Kite ticker at %s)", rt.settings.kite_ws_root)
-    return asyncio.run(Supervisor(rt, app).run())
+    tune_runtime()
+    return asyncio.run(Supervisor(rt, app, holder_cls).run())

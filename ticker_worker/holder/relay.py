@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import redis
+import redis.asyncio as aioredis
 from sqlalchemy import Engine
 
 from ticker_worker.core.events import EventType
@@ -32,14 +33,23 @@ class Relay:
         self._lock = threading.Lock()
         self.published = 0
 
-    def deliver(self, events: Sequence[dict[str, Any]]) -> None:
-        """Publish events that were just committed, then mark them published."""
-        if not events:
-            return
+    async def publish_now(self, client: aioredis.Redis, events: Sequence[dict[str, Any]]) -> None:
+        """Publish just-committed events from the event loop: the fast path of a subscribe."""
+        pipe = client.pipeline(transaction=False)
+        for event in events:
+            body = orjson.dumps(event)
+            pipe.publish(self.keys.events, body)
+            pipe.xadd(self.keys.events_stream, {"event": body}, maxlen=EVENTS_STREAM_MAXLEN,
+                      approximate=True)
+        await pipe.execute()
+
+    def finish(self, events: Sequence[dict[str, Any]]) -> None:
+        """After `publish_now`: enqueue the backfills and mark the events published."""
         with self._lock:
-            self._publish(events)
+            self._enqueue_backfills(events)
             with self.engine.begin() as conn:
                 store.mark_published(conn, [e["event_id"] for e in events])
+            self._log(events)
 
     def sweep(self) -> int:
         """Deliver whatever the outbox still holds (after a crash or a Redis outage)."""
@@ -58,15 +68,25 @@ class Relay:
             pipe.xadd(self.keys.events_stream, {"event": body}, maxlen=EVENTS_STREAM_MAXLEN,
                       approximate=True)
         pipe.execute()
+        self._enqueue_backfills(events)
+        self._log(events)
+
+    def _enqueue_backfills(self, events: Sequence[dict[str, Any]]) -> None:
         created = [e for e in events if e["event_type"] == EventType.CREATED.value]
-        if created:
-            with self.celery.producer_or_acquire() as producer:
-                for event in created:
-                    self.celery.send_task(
-                        "ticker_worker.backfill", args=[event["instrument_token"]],
-                        queue="backfill", producer=producer,
-                    )
+        if not created:
+            return
+        with self.celery.producer_or_acquire() as producer:
+            for event in created:
+                self.celery.send_task(
+                    "ticker_worker.backfill", args=[event["instrument_token"]],
+                    queue="backfill", producer=producer,
+                )
+
+    def _log(self, events: Sequence[dict[str, Any]]) -> None:
         self.published += len(events)
+        if len(events) > 50:  # a bulk subscribe: one line, not thousands
+            log.info("%d events published", len(events))
+            return
         for event in events:
             log.info("%s published", event["event_type"], extra={
                 "event_id": event["event_id"], "instrument_token": event["instrument_token"],

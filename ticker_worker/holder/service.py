@@ -58,8 +58,10 @@ class Holder:
     async def reconcile(self, full: bool) -> Plan:
         """One pass: accounts, desired rows, the diff, the sends, the records."""
         started = time.perf_counter()
-        rows = await asyncio.to_thread(self._read_accounts)
-        await self._sync_accounts(rows)
+        if full or not self.accounts:
+            # Account changes (set-token, disable) are picked up within one timer period; a
+            # nudge for a subscribe does not pay for re-reading them.
+            await self._sync_accounts(await asyncio.to_thread(self._read_accounts))
         desired = await asyncio.to_thread(self._read_desired, full)
         layout = Layout([a.load() for a in self.accounts.values()],
                         self.settings.max_tokens_per_connection,
@@ -69,7 +71,7 @@ class Holder:
             await self._apply(result)
             events = await asyncio.to_thread(self._record, result)
             if events:
-                self.outbox.put_nowait(events)
+                await self._publish(events)
             self._log_plan(result)
         await self._retire_unusable()
         self.db_ok = True
@@ -150,6 +152,14 @@ class Holder:
                  sum(len(t) for m in result.set_mode.values() for t in m.values()),
                  len(result.touched()))
 
+    async def _publish(self, events: list[dict[str, Any]]) -> None:
+        try:
+            await self.relay.publish_now(self.aredis, events)
+        except Exception as exc:  # noqa: BLE001 - still in the outbox: the sweep delivers it
+            log.warning("events not published now (%s); the outbox sweep will retry", exc)
+            return
+        self.outbox.put_nowait(events)
+
     # ---- callbacks from connections -------------------------------------------------------
 
     async def _on_frame(self, conn: TickerConnection, frame: bytes) -> None:
@@ -183,7 +193,8 @@ class Holder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.nudged.wait(), timeout)
             self.nudged.clear()
-            full = time.monotonic() >= next_full
+            full = time.monotonic() >= next_full or self.listener.full_requested
+            self.listener.full_requested = False
             try:
                 await self.reconcile(full)
             except Exception as exc:  # noqa: BLE001 - Postgres down: retry on the timer
@@ -199,7 +210,7 @@ class Holder:
         while True:
             try:
                 events = await asyncio.wait_for(self.outbox.get(), 2.0)
-                await asyncio.to_thread(self.relay.deliver, events)
+                await asyncio.to_thread(self.relay.finish, events)
             except TimeoutError:
                 try:
                     await asyncio.to_thread(self.relay.sweep)

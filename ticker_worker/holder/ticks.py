@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -68,15 +69,20 @@ class TickPipeline:
 
     async def run(self) -> None:
         """Publish frames until cancelled."""
-        while True:
-            frame = await self.queue.get()
-            try:
-                await self._publish(frame)
-            except Exception:  # one bad frame must not stop the stream
-                log.exception("tick frame dropped")
+        # Decoding a 3000-packet frame takes milliseconds: doing it on a thread of its own keeps
+        # the event loop free to serve a subscribe while a burst of ticks is decoded.
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="tick-decode") as decoder:
+            while True:
+                frame = await self.queue.get()
+                try:
+                    body, tokens = await loop.run_in_executor(
+                        decoder, encode_ticks, frame, self.is_mock, self.times)
+                    await self._publish(body, tokens)
+                except Exception:  # one bad frame must not stop the stream
+                    log.exception("tick frame dropped")
 
-    async def _publish(self, frame: bytes) -> None:
-        body, tokens = encode_ticks(frame, self.is_mock, self.times)
+    async def _publish(self, body: bytes, tokens: list[int]) -> None:
         if not tokens:
             return
         now = time.time()

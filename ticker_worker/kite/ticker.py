@@ -66,6 +66,7 @@ class TickerConnection:
         self.tokens: dict[int, str] = {}
         self.connected = False
         self.reconnects = 0
+        self.frames = 0
         self.last_message_at = 0.0
         self.auth_failed = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -186,6 +187,7 @@ class TickerConnection:
             self.last_message_at = time.monotonic()
             if msg.type == aiohttp.WSMsgType.BINARY:
                 if len(msg.data) > 1:
+                    self.frames += 1
                     await self._on_frame(self, msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 self._on_text(msg.data)

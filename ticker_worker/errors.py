@@ -44,3 +44,22 @@ class InfrastructureError(TickerWorkerError):
 
 class KiteAuthError(TickerWorkerError):
     """Raised when Kite refuses an account's credentials (HTTP 403 at handshake or on REST)."""
+
+
+class InvalidInterval(InvalidRequest):
+    """Raised when a candle interval is not one of Kite's eight (minute ... day)."""
+
+
+class InvalidDays(InvalidRequest):
+    """Raised when a backfill look-back is not a positive whole number of days within the cap."""
+
+
+class HistoricalAccessDenied(TickerWorkerError):
+    """Raised when no usable account may read historical candles (Kite's PermissionException).
+
+    It is a fact about the accounts' Kite apps (no historical add-on), so retrying cannot help.
+    """
+
+
+class RateLimitTimeout(InfrastructureError):
+    """Raised when a shared rate-limit slot does not free up in time; the task retries later."""

@@ -19,6 +19,11 @@ import redis.exceptions
 
 from ticker_worker.kite.codec import decode_frame
 
+try:
+    from ticker_worker.kite._tickjson import frame_to_json
+except ImportError:  # built without a C compiler: the pure-Python path serves
+    frame_to_json = None
+
 log = logging.getLogger(__name__)
 IST = timezone(timedelta(hours=5, minutes=30))
 
@@ -40,7 +45,20 @@ class IsoTimes:
 
 
 def encode_ticks(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
-    """One frame -> (JSON array of ticks, tokens seen)."""
+    """One frame -> (JSON array of ticks, tokens seen).
+
+    The C accelerator writes the JSON straight from the packets; a malformed frame, or an
+    install without a compiler, takes the pure-Python decoder (same ticks, 5-10x slower).
+    """
+    if frame_to_json is not None:
+        fast = frame_to_json(frame, is_mock)
+        if fast is not None:
+            return fast
+    return encode_ticks_python(frame, is_mock, times)
+
+
+def encode_ticks_python(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
+    """The reference path: decode to the official client's dicts, then JSON."""
     ticks = decode_frame(frame, to_datetime=times)
     if is_mock:
         for tick in ticks:

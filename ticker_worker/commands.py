@@ -56,8 +56,10 @@ def subscribe(engine: Engine, instrument_token: Any, mode: Any = "full") -> dict
         errors = _check_subscribable(conn, [token])
         if errors:
             raise errors[token]
-        changed = token in subscriptions.upsert_wanted(conn, [token], parsed_mode)
-        return _outcome(conn, token, changed).as_dict()
+        changed = subscriptions.upsert_wanted(conn, [token], parsed_mode)
+        if token in changed:  # the common case answers without another round trip
+            return Outcome(token, *changed[token], changed=True).as_dict()
+        return _outcome(conn, token, False).as_dict()
 
 
 def subscribe_many(

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     stale_after: float = Field(default=5.0, gt=0)
     reconnect_max_delay: float = Field(default=30.0, gt=0)
     tick_flush_interval: float = Field(default=1.0, gt=0)
+    last_tick_flush_interval: float = Field(default=15.0, gt=0)
     subscribe_batch_size: int = Field(default=1000, ge=1, le=3000)
 
     # Backfill defaults.

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session, sessionmaker
 def make_engine(
     url: str, *, pool_size: int = 5, application_name: str = "ticker_worker"
 ) -> Engine:
-    """A pooled engine with pre-ping: a restarted Postgres costs a failed checkout, not a crash."""
+    """A pooled engine. No pre-ping: it would cost a round trip on every subscribe. After a
+    Postgres restart the first statement on a dead connection fails, SQLAlchemy drops the
+    whole pool, and the caller retries (tasks back off; the holder reconciles again)."""
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "application_name": application_name,

@@ -43,14 +43,16 @@ def metadata(conn: Connection, tokens: Sequence[int]) -> dict[int, dict[str, Any
                 FROM instruments WHERE instrument_token = ANY(CAST(:tokens AS bigint[]))"""),
         {"tokens": list(tokens)},
     )
+    return {r.instrument_token: metadata_of(r) for r in rows}
+
+
+def metadata_of(r: Any) -> dict[str, Any]:
+    """The event metadata of one row that carries the instrument's columns."""
     return {
-        r.instrument_token: {
-            "tradingsymbol": r.tradingsymbol, "exchange": r.exchange, "segment": r.segment,
-            "instrument_type": r.instrument_type, "name": r.name,
-            "expiry": r.expiry.isoformat() if r.expiry else None,
-            "strike": r.strike, "lot_size": r.lot_size, "tick_size": r.tick_size,
-        }
-        for r in rows
+        "tradingsymbol": r.tradingsymbol, "exchange": r.exchange, "segment": r.segment,
+        "instrument_type": r.instrument_type, "name": r.name,
+        "expiry": r.expiry.isoformat() if r.expiry else None,
+        "strike": r.strike, "lot_size": r.lot_size, "tick_size": r.tick_size,
     }
 
 

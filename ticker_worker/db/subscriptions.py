@@ -33,7 +33,10 @@ class Outcome:
         }
 
 
+# The nudge rides in the same statement: an uncorrelated subquery in the select list runs once,
+# and only when at least one row changed. NOTIFY is delivered on commit, never on rollback.
 _UPSERT = text("""
+WITH changed AS (
 INSERT INTO subscriptions AS s (instrument_token, mode, wanted, status)
 SELECT t, :mode, true, 'pending' FROM unnest(CAST(:tokens AS bigint[])) AS t
 ON CONFLICT (instrument_token) DO UPDATE
@@ -45,7 +48,8 @@ SET mode = EXCLUDED.mode,
     requested_at = CASE WHEN s.wanted THEN s.requested_at ELSE now() END,
     updated_at = now()
 WHERE NOT s.wanted OR s.mode <> EXCLUDED.mode OR s.status = 'failed'
-RETURNING instrument_token
+RETURNING instrument_token, mode, status)
+SELECT instrument_token, mode, status, (SELECT pg_notify(:channel, '')) AS nudged FROM changed
 """)
 
 _UNSUBSCRIBE = text("""
@@ -78,14 +82,16 @@ def current(conn: Connection, tokens: Sequence[int]) -> dict[int, tuple[str, str
     return {r.instrument_token: (r.mode, r.status, r.wanted) for r in rows}
 
 
-def upsert_wanted(conn: Connection, tokens: Sequence[int], mode: str) -> set[int]:
-    """Mark `tokens` wanted in `mode` in one statement; return the tokens that changed."""
+def upsert_wanted(
+    conn: Connection, tokens: Sequence[int], mode: str
+) -> dict[int, tuple[str, str]]:
+    """Mark `tokens` wanted in `mode` in one statement; return token -> (mode, status) of the
+    rows that changed."""
     if not tokens:
-        return set()
-    changed = {r[0] for r in conn.execute(_UPSERT, {"tokens": list(tokens), "mode": mode})}
-    if changed:
-        nudge(conn)
-    return changed
+        return {}
+    rows = conn.execute(_UPSERT, {"tokens": list(tokens), "mode": mode,
+                                  "channel": NUDGE_CHANNEL})
+    return {r.instrument_token: (r.mode, r.status) for r in rows}
 
 
 def unwant(conn: Connection, token: int) -> bool:

@@ -28,6 +28,7 @@ from ticker_worker.holder.ticks import TickPipeline
 from ticker_worker.kite.ticker import TickerConnection
 
 log = logging.getLogger(__name__)
+INLINE_ROWS = 200  # above this, a pass's database writes run on a thread
 
 
 class Holder:
@@ -62,14 +63,22 @@ class Holder:
             # Account changes (set-token, disable) are picked up within one timer period; a
             # nudge for a subscribe does not pay for re-reading them.
             await self._sync_accounts(await asyncio.to_thread(self._read_accounts))
-        desired = await asyncio.to_thread(self._read_desired, full)
+        # A nudge's pass is small: run its SQL inline (a thread hop costs more than the query).
+        # Full passes read every wanted row, so they go to a thread and the loop stays free.
+        if full:
+            desired, meta = await asyncio.to_thread(self._read_desired, full)
+        else:
+            desired, meta = self._read_desired(full)
         layout = Layout([a.load() for a in self.accounts.values()],
                         self.settings.max_tokens_per_connection,
                         self.settings.max_connections_per_account)
         result = plan(desired, self.actual, layout, full)
         if not result.is_empty():
             await self._apply(result)
-            events = await asyncio.to_thread(self._record, result)
+            if len(desired) > INLINE_ROWS:
+                events = await asyncio.to_thread(self._record, result, meta)
+            else:
+                events = self._record(result, meta)
             if events:
                 await self._publish(events)
             self._log_plan(result)
@@ -84,13 +93,13 @@ class Holder:
         with self.rt.engine.connect() as conn:
             return account_repo.list_all(conn)
 
-    def _read_desired(self, full: bool) -> list[Any]:
+    def _read_desired(self, full: bool) -> tuple[list[Any], store.Metadata]:
         with self.rt.engine.connect() as conn:
             return store.read_desired(conn, full)
 
-    def _record(self, result: Plan) -> list[dict[str, Any]]:
+    def _record(self, result: Plan, meta: store.Metadata) -> list[dict[str, Any]]:
         with self.rt.engine.begin() as conn:
-            return store.record(conn, result)
+            return store.record(conn, result, meta)
 
     async def _sync_accounts(self, rows: list[account_repo.AccountRow]) -> None:
         names = {r.name for r in rows}
@@ -145,6 +154,7 @@ class Holder:
                 await old.unsubscribe(tokens)
         gone = [t for tokens in result.unsubscribe.values() for t in tokens if t not in self.actual]
         self.ticks.forget(gone)
+        self.ticks.expect_first([d.token for d, _ in result.activated if d.status != "active"])
 
     def _log_plan(self, result: Plan) -> None:
         log.info("reconciled: %d placed, %d removed, %d queued, %d mode changes on %d connections",
@@ -220,17 +230,25 @@ class Holder:
                 log.warning("event delivery failed (%s); will retry from the outbox", exc)
 
     async def tick_times_loop(self) -> None:
-        """Flush first/last tick times in one statement per interval."""
+        """Store first-tick times every flush interval, last-tick times every few of them.
+
+        Writing every streaming row every second would cost Postgres 27,000 updates a second
+        and slow every subscribe; last-tick times tolerate a coarser clock.
+        """
+        next_last = time.monotonic() + self.settings.last_tick_flush_interval
         while True:
             await asyncio.sleep(self.settings.tick_flush_interval)
-            seen = self.ticks.take_times()
+            seen = self.ticks.take_first()
+            if time.monotonic() >= next_last:
+                seen = {**self.ticks.last_tick, **seen}
+                next_last = time.monotonic() + self.settings.last_tick_flush_interval
             if not seen:
                 continue
             try:
                 await asyncio.to_thread(self._write_ticks, seen)
             except Exception as exc:  # noqa: BLE001 - times only; the next flush catches up
                 log.warning("tick times not stored: %s", exc)
-                self.ticks.pending_times.update(seen)
+                self.ticks.first_seen.update(seen)
 
     def _write_ticks(self, seen: dict[int, float]) -> None:
         with self.rt.engine.begin() as conn:

@@ -18,18 +18,33 @@ from ticker_worker.core.events import EventType, subscription_event
 from ticker_worker.core.reconcile import Desired, Plan
 from ticker_worker.db import instruments
 
-_DESIRED = """
+_FULL = text("""
 SELECT instrument_token, mode, wanted, status, account, connection, generation,
        generation <> observed_generation AS dirty
-FROM subscriptions WHERE {where}
-"""
+FROM subscriptions WHERE wanted OR generation <> observed_generation
+""")
+
+# A nudge's pass reads the instruments' event metadata with the rows: one round trip.
+_DIRTY = text("""
+SELECT s.instrument_token, s.mode, s.wanted, s.status, s.account, s.connection, s.generation,
+       i.tradingsymbol, i.exchange, i.segment, i.instrument_type, i.name, i.expiry, i.strike,
+       i.lot_size, i.tick_size
+FROM subscriptions s JOIN instruments i USING (instrument_token)
+WHERE s.generation <> s.observed_generation
+""")
+
+Metadata = dict[int, dict[str, Any]]
 
 
-def read_desired(conn: Connection, full: bool) -> list[Desired]:
-    """Dirty rows only, or (full) every wanted row plus the dirty ones."""
-    where = "wanted OR generation <> observed_generation" if full else \
-        "generation <> observed_generation"
-    return [Desired(*row) for row in conn.execute(text(_DESIRED.format(where=where)))]
+def read_desired(conn: Connection, full: bool) -> tuple[list[Desired], Metadata]:
+    """Dirty rows only (with their event metadata), or (full) every wanted and dirty row."""
+    if full:
+        return [Desired(*row) for row in conn.execute(_FULL)], {}
+    desired, meta = [], {}
+    for r in conn.execute(_DIRTY):
+        desired.append(Desired(r[0], r[1], r[2], r[3], r[4], r[5], r[6], True))
+        meta[r.instrument_token] = instruments.metadata_of(r)
+    return desired, meta
 
 
 _ACTIVATE = text("""
@@ -72,13 +87,14 @@ SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:payload
 """)
 
 
-def _events(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
+def _events(conn: Connection, plan: Plan, known: Metadata) -> list[dict[str, Any]]:
     created = [(d, slot) for d, slot in plan.activated if d.status != "active"]
     removed = [d for d in plan.removed if d.status == "active"]
     tokens = [d.token for d, _ in created] + [d.token for d in removed]
     if not tokens:
         return []
-    meta = instruments.metadata(conn, tokens)
+    missing = [t for t in tokens if t not in known]
+    meta = {**known, **instruments.metadata(conn, missing)} if missing else known
     now = datetime.now(UTC)
     events = [
         subscription_event(EventType.CREATED, d.token, d.mode, slot[0], slot[1],
@@ -93,7 +109,7 @@ def _events(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
     return events
 
 
-def record(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
+def record(conn: Connection, plan: Plan, known: Metadata | None = None) -> list[dict[str, Any]]:
     """Write the plan's outcome and its events (in the caller's transaction); return the events."""
     if plan.activated:
         conn.execute(_ACTIVATE, {
@@ -111,7 +127,7 @@ def record(conn: Connection, plan: Plan) -> list[dict[str, Any]]:
     if plan.settled:
         conn.execute(_SETTLE, {"tokens": [d.token for d in plan.settled],
                                "gens": [d.generation for d in plan.settled]})
-    events = _events(conn, plan)
+    events = _events(conn, plan, known or {})
     if events:
         conn.execute(_OUTBOX, {
             "ids": [uuid.UUID(e["event_id"]) for e in events],

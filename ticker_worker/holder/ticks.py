@@ -22,7 +22,7 @@ from ticker_worker.kite.codec import decode_frame
 try:
     from ticker_worker.kite._tickjson import frame_to_json
 except ImportError:  # built without a C compiler: the pure-Python path serves
-    frame_to_json = None
+    frame_to_json = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -51,7 +51,7 @@ def encode_ticks(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, l
     install without a compiler, takes the pure-Python decoder (same ticks, 5-10x slower).
     """
     if frame_to_json is not None:
-        fast = frame_to_json(frame, is_mock)
+        fast: tuple[bytes, list[int]] | None = frame_to_json(frame, is_mock)
         if fast is not None:
             return fast
     return encode_ticks_python(frame, is_mock, times)
@@ -74,8 +74,12 @@ class TickPipeline:
         self.redis, self.channel, self.is_mock = client, channel, is_mock
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
         self.times = IsoTimes()
+        # Tick times go to Postgres in two tempos: the first tick of a new subscription (its
+        # acknowledgement) within a second; last-tick times of everything, coarsely.
         self.last_tick: dict[int, float] = {}
-        self.pending_times: dict[int, float] = {}
+        self.awaiting_first: set[int] = set()
+        self.first_seen: dict[int, float] = {}
+        self.newest_tick_at = 0.0
         self.ticks_total = 0
         self.frames_total = 0
         self.publish_failures = 0
@@ -104,9 +108,14 @@ class TickPipeline:
         if not tokens:
             return
         now = time.time()
+        self.newest_tick_at = now
+        last_tick = self.last_tick
         for token in tokens:
-            self.last_tick[token] = now
-            self.pending_times[token] = now
+            last_tick[token] = now
+        if self.awaiting_first:
+            for token in self.awaiting_first.intersection(tokens):
+                self.first_seen[token] = now
+                self.awaiting_first.discard(token)
         self.ticks_total += len(tokens)
         self.frames_total += 1
         try:
@@ -118,22 +127,25 @@ class TickPipeline:
                 log.error("Redis unreachable: ticks are not being published")
             self.redis_ok = False
 
-    def take_times(self) -> dict[int, float]:
-        """Tick times since the last call, for one batched database write."""
-        taken, self.pending_times = self.pending_times, {}
+    def expect_first(self, tokens: list[int]) -> None:
+        """These were just subscribed: their next tick is their acknowledgement."""
+        self.awaiting_first.update(tokens)
+
+    def take_first(self) -> dict[int, float]:
+        """First-tick times since the last call."""
+        taken, self.first_seen = self.first_seen, {}
         return taken
 
     def last_tick_age(self) -> float | None:
         """Seconds since the newest tick of any instrument."""
-        if not self.last_tick:
-            return None
-        return time.time() - max(self.last_tick.values())
+        return time.time() - self.newest_tick_at if self.newest_tick_at else None
 
     def forget(self, tokens: list[int]) -> None:
         """Drop tick bookkeeping for unsubscribed tokens."""
         for token in tokens:
             self.last_tick.pop(token, None)
-            self.pending_times.pop(token, None)
+            self.awaiting_first.discard(token)
+            self.first_seen.pop(token, None)
 
     def stats(self) -> dict[str, Any]:
         """Counters for /health, /metrics and the state snapshot."""

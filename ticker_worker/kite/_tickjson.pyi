@@ -1,0 +1,3 @@
+"""Type stub of the C accelerator built from _tickjson.c."""
+
+def frame_to_json(frame: bytes, is_mock: bool, /) -> tuple[bytes, list[int]] | None: ...

@@ -112,6 +112,15 @@ def wait_active(engine: Engine, tokens: list[int], timeout: float = 120) -> None
              f"{len(tokens)} active subscriptions")
 
 
+def wait_outbox_drained(engine: Engine, timeout: float = 120) -> None:
+    """Every event delivered and its backfill enqueued: the steady state to measure in."""
+    def drained() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL")).scalar_one() == 0
+    wait_for(drained, timeout, "the outbox to drain")
+
+
 class EventClock:
     """Records when each `subscription_created` arrives, by token (perf_counter clock)."""
 

@@ -26,6 +26,14 @@ class Runtime:
         return make_engine(self.settings.database_url, application_name=self.application_name)
 
     @cached_property
+    def autocommit(self) -> Engine:
+        """The same pool in autocommit mode, for work that is one statement per transaction.
+
+        psycopg2 otherwise sends BEGIN, the statement and COMMIT as three round trips.
+        """
+        return self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @cached_property
     def redis(self) -> redis.Redis:
         """A Redis client with timeouts, so a dead server fails fast instead of hanging."""
         return redis.Redis.from_url(
@@ -40,6 +48,7 @@ class Runtime:
 
     def reset(self) -> None:
         """Forget connections inherited across fork(); they are rebuilt on first use."""
+        self.__dict__.pop("autocommit", None)
         engine = self.__dict__.pop("engine", None)
         if engine is not None:
             engine.dispose(close=False)

@@ -1,7 +1,8 @@
 """The command handlers behind the Celery tasks: validate, write desired state, nudge the holder.
 
-Each handler runs in one transaction. Validation happens before any write, so bad input
-changes nothing; the nudge is a NOTIFY that Postgres delivers only on commit.
+Validation happens before any write, so bad input changes nothing. Each write is a single
+statement (atomic on its own, so the connection runs in autocommit: fewer round trips) that
+carries its own NOTIFY, which Postgres delivers only when the statement commits.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from ticker_worker.core.model import Status, parse_mode, parse_token, parse_toke
 from ticker_worker.db import instruments, subscriptions
 from ticker_worker.db.subscriptions import Outcome
 from ticker_worker.errors import InstrumentExpired, InvalidRequest, UnknownInstrument
+
+
+def _connect(engine: Engine) -> Connection:
+    """An autocommit connection: every write below is one self-contained statement."""
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
 
 SYNC_HINT = "the instrument registry is empty: run `ticker-worker instruments sync` first"
 
@@ -52,7 +59,7 @@ def _outcome(conn: Connection, token: int, changed: bool) -> Outcome:
 def subscribe(engine: Engine, instrument_token: Any, mode: Any = "full") -> dict[str, object]:
     """Want one instrument in `mode`."""
     token, parsed_mode = parse_token(instrument_token), parse_mode(mode)
-    with engine.begin() as conn:
+    with _connect(engine) as conn:
         errors = _check_subscribable(conn, [token])
         if errors:
             raise errors[token]
@@ -79,7 +86,7 @@ def subscribe_many(
         if token not in seen:
             seen.add(token)
             valid.append(token)
-    with engine.begin() as conn:
+    with _connect(engine) as conn:
         errors = _check_subscribable(conn, valid)
         rejected += [{"instrument_token": t, "error": str(e)} for t, e in errors.items()]
         accepted = [t for t in valid if t not in errors]
@@ -90,21 +97,25 @@ def subscribe_many(
 def unsubscribe(engine: Engine, instrument_token: Any) -> dict[str, object]:
     """Stop wanting one instrument. Unsubscribing what is not subscribed changes nothing."""
     token = parse_token(instrument_token)
-    with engine.begin() as conn:
+    with _connect(engine) as conn:
         if not instruments.lookup(conn, [token]):
             raise _unknown(conn, token)
         changed = subscriptions.unwant(conn, token)
-        return _outcome(conn, token, changed).as_dict()
+        if changed:
+            return Outcome(token, *changed, changed=True).as_dict()
+        return _outcome(conn, token, False).as_dict()
 
 
 def set_mode(engine: Engine, instrument_token: Any, mode: Any) -> dict[str, object]:
     """Change the mode of a subscribed instrument."""
     token, parsed_mode = parse_token(instrument_token), parse_mode(mode)
-    with engine.begin() as conn:
+    with _connect(engine) as conn:
+        changed = subscriptions.change_mode(conn, token, parsed_mode)
+        if changed:
+            return Outcome(token, *changed, changed=True).as_dict()
         state = subscriptions.current(conn, [token]).get(token)
         if state is None or not state[2]:
             if not instruments.lookup(conn, [token]):
                 raise _unknown(conn, token)
             raise InvalidRequest(f"instrument {token} is not subscribed: subscribe it first")
-        changed = subscriptions.change_mode(conn, token, parsed_mode)
-        return _outcome(conn, token, changed).as_dict()
+        return _outcome(conn, token, False).as_dict()

@@ -7,8 +7,12 @@ from dataclasses import dataclass
 # Postgres NOTIFY channel the command tasks use to nudge the holder. NOTIFY inside the
 # transaction is delivered only on commit, so a rolled-back change never nudges.
 NUDGE_CHANNEL = "ticker_worker_nudge"
-# Payload of a nudge that asks for a full pass: accounts changed (token, enabled).
+# Nudge payloads: the changed tokens, comma-separated, when there are few (the holder then
+# reads just those rows by primary key); DIRTY_PASS when there are many (it reads every
+# changed row); FULL_PASS when accounts changed (it re-reads accounts and every row).
 FULL_PASS = "full"
+DIRTY_PASS = "*"
+MAX_NUDGE_TOKENS = 100
 
 EVENTS_STREAM_MAXLEN = 100_000
 

@@ -214,11 +214,15 @@ class Stack:
 
     def start_workers(self) -> None:
         host = socket.gethostname()
-        for name, queue in (("worker", "celery"), ("backfill", "backfill")):
+        # Commands are short and I/O-bound: a thread pool serves them without the prefork
+        # pool's inter-process hop. Backfills keep prefork, which enforces time limits.
+        pools = (("worker", "celery", ["-P", "threads", "-c", "8"]),
+                 ("backfill", "backfill", ["-c", "2"]))
+        for name, queue, pool in pools:
             node = f"{name}-{os.getpid()}@{host}"
             self.nodes.append(node)
             self.sup.start(name, [sys.executable, "-m", "celery", "-A", "ticker_worker", "worker",
-                                  "-Q", queue, "-n", node, "-c", "2", "--without-mingle",
+                                  "-Q", queue, "-n", node, *pool, "--without-mingle",
                                   "--without-gossip", "-l", "INFO"])
         with supervise.CeleryPing(self.settings.celery_broker_url) as ping:
             for node in self.nodes:

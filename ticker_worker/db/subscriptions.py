@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
 
-from ticker_worker.keys import NUDGE_CHANNEL
+from ticker_worker.keys import DIRTY_PASS, MAX_NUDGE_TOKENS, NUDGE_CHANNEL
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,23 @@ SET mode = EXCLUDED.mode,
     updated_at = now()
 WHERE NOT s.wanted OR s.mode <> EXCLUDED.mode OR s.status = 'failed'
 RETURNING instrument_token, mode, status)
-SELECT instrument_token, mode, status, (SELECT pg_notify(:channel, '')) AS nudged FROM changed
+SELECT instrument_token, mode, status, (SELECT pg_notify(:channel, :payload)) AS nudged FROM changed
 """)
 
 _UNSUBSCRIBE = text("""
+WITH changed AS (
 UPDATE subscriptions SET wanted = false, generation = generation + 1, updated_at = now()
 WHERE instrument_token = :token AND wanted
-RETURNING instrument_token
+RETURNING instrument_token, mode, status)
+SELECT instrument_token, mode, status, (SELECT pg_notify(:channel, :payload)) AS nudged FROM changed
 """)
 
 _SET_MODE = text("""
+WITH changed AS (
 UPDATE subscriptions SET mode = :mode, generation = generation + 1, updated_at = now()
 WHERE instrument_token = :token AND wanted AND mode <> :mode
-RETURNING instrument_token
+RETURNING instrument_token, mode, status)
+SELECT instrument_token, mode, status, (SELECT pg_notify(:channel, :payload)) AS nudged FROM changed
 """)
 
 _CURRENT = text("""
@@ -70,10 +74,11 @@ WHERE instrument_token = ANY(CAST(:tokens AS bigint[]))
 """)
 
 
-def nudge(conn: Connection, payload: str = "") -> None:
-    """Wake the holder when this transaction commits (NOTIFY is dropped on rollback)."""
-    conn.execute(text("SELECT pg_notify(:channel, :payload)"),
-                 {"channel": NUDGE_CHANNEL, "payload": payload})
+def nudge_payload(tokens: Sequence[int]) -> str:
+    """Name the changed tokens when they are few, so the holder reads them by primary key."""
+    if len(tokens) > MAX_NUDGE_TOKENS:
+        return DIRTY_PASS
+    return ",".join(str(t) for t in tokens)
 
 
 def current(conn: Connection, tokens: Sequence[int]) -> dict[int, tuple[str, str, bool]]:
@@ -90,21 +95,20 @@ def upsert_wanted(
     if not tokens:
         return {}
     rows = conn.execute(_UPSERT, {"tokens": list(tokens), "mode": mode,
-                                  "channel": NUDGE_CHANNEL})
+                                  "channel": NUDGE_CHANNEL, "payload": nudge_payload(tokens)})
     return {r.instrument_token: (r.mode, r.status) for r in rows}
 
 
-def unwant(conn: Connection, token: int) -> bool:
-    """Mark `token` no longer wanted; return whether anything changed."""
-    changed = conn.execute(_UNSUBSCRIBE, {"token": token}).first() is not None
-    if changed:
-        nudge(conn)
-    return changed
+def unwant(conn: Connection, token: int) -> tuple[str, str] | None:
+    """Mark `token` no longer wanted (and nudge); its (mode, status) if anything changed."""
+    row = conn.execute(_UNSUBSCRIBE, {"token": token, "channel": NUDGE_CHANNEL,
+                                      "payload": str(token)}).first()
+    return (row.mode, row.status) if row else None
 
 
-def change_mode(conn: Connection, token: int, mode: str) -> bool:
-    """Change the mode of a wanted subscription; return whether anything changed."""
-    changed = conn.execute(_SET_MODE, {"token": token, "mode": mode}).first() is not None
-    if changed:
-        nudge(conn)
-    return changed
+def change_mode(conn: Connection, token: int, mode: str) -> tuple[str, str] | None:
+    """Change a wanted subscription's mode (and nudge); its (mode, status) if it changed."""
+    row = conn.execute(
+        _SET_MODE, {"token": token, "mode": mode, "channel": NUDGE_CHANNEL,
+                    "payload": str(token)}).first()
+    return (row.mode, row.status) if row else None

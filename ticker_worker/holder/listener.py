@@ -11,7 +11,7 @@ import psycopg2
 import psycopg2.extensions
 from sqlalchemy.engine import make_url
 
-from ticker_worker.keys import FULL_PASS, NUDGE_CHANNEL
+from ticker_worker.keys import DIRTY_PASS, FULL_PASS, NUDGE_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ class NudgeListener:
         self.event = event
         self._conn: Any = None
         self.connected = False
-        # Set by a nudge that asks for a full pass (an account changed), cleared by the reader.
+        # What the nudges since the last pass asked for (see keys.py); the reader resets them.
         self.full_requested = False
+        self.all_dirty = False
+        self.tokens: set[int] = set()
 
     async def run(self) -> None:
         """Keep a LISTEN open until cancelled."""
@@ -41,7 +43,8 @@ class NudgeListener:
             try:
                 self._connect()
                 loop.add_reader(self._conn.fileno(), self._readable)
-                self.event.set()  # anything committed while we were away: reconcile now
+                self.all_dirty = True  # anything committed while we were away: reconcile now
+                self.event.set()
                 while self._alive():
                     await asyncio.sleep(5)
             except psycopg2.Error as exc:
@@ -75,11 +78,29 @@ class NudgeListener:
         self._drain()
 
     def _drain(self) -> None:
-        if self._conn.notifies:
-            if any(n.payload == FULL_PASS for n in self._conn.notifies):
-                self.full_requested = True
-            self._conn.notifies.clear()
-            self.event.set()
+        if not self._conn.notifies:
+            return
+        for note in self._conn.notifies:
+            self._note(note.payload)
+        self._conn.notifies.clear()
+        self.event.set()
+
+    def _note(self, payload: str) -> None:
+        if payload == FULL_PASS:
+            self.full_requested = True
+        elif payload == DIRTY_PASS or not payload:
+            self.all_dirty = True
+        else:
+            try:
+                self.tokens.update(int(t) for t in payload.split(","))
+            except ValueError:
+                self.all_dirty = True
+
+    def take(self) -> tuple[bool, bool, set[int]]:
+        """(full pass wanted, every dirty row wanted, the named tokens) since the last call."""
+        taken = (self.full_requested, self.all_dirty, self.tokens)
+        self.full_requested, self.all_dirty, self.tokens = False, False, set()
+        return taken
 
     def _close(self, loop: asyncio.AbstractEventLoop) -> None:
         self.connected = False

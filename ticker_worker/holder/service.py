@@ -56,8 +56,11 @@ class Holder:
 
     # ---- reconcile -------------------------------------------------------------------------
 
-    async def reconcile(self, full: bool) -> Plan:
-        """One pass: accounts, desired rows, the diff, the sends, the records."""
+    async def reconcile(self, full: bool, tokens: set[int] | None = None) -> Plan:
+        """One pass: accounts, desired rows, the diff, the sends, the records.
+
+        `tokens` narrows a nudge's pass to the rows it named; None reads every dirty row.
+        """
         started = time.perf_counter()
         if full or not self.accounts:
             # Account changes (set-token, disable) are picked up within one timer period; a
@@ -66,9 +69,9 @@ class Holder:
         # A nudge's pass is small: run its SQL inline (a thread hop costs more than the query).
         # Full passes read every wanted row, so they go to a thread and the loop stays free.
         if full:
-            desired, meta = await asyncio.to_thread(self._read_desired, full)
+            desired, meta = await asyncio.to_thread(self._read_desired, full, None)
         else:
-            desired, meta = self._read_desired(full)
+            desired, meta = self._read_desired(full, tokens)
         layout = Layout([a.load() for a in self.accounts.values()],
                         self.settings.max_tokens_per_connection,
                         self.settings.max_connections_per_account)
@@ -93,12 +96,14 @@ class Holder:
         with self.rt.engine.connect() as conn:
             return account_repo.list_all(conn)
 
-    def _read_desired(self, full: bool) -> tuple[list[Any], store.Metadata]:
-        with self.rt.engine.connect() as conn:
-            return store.read_desired(conn, full)
+    def _read_desired(
+        self, full: bool, tokens: set[int] | None
+    ) -> tuple[list[Any], store.Metadata]:
+        with self.rt.autocommit.connect() as conn:
+            return store.read_desired(conn, full, tokens)
 
     def _record(self, result: Plan, meta: store.Metadata) -> list[dict[str, Any]]:
-        with self.rt.engine.begin() as conn:
+        with self.rt.autocommit.connect() as conn:
             return store.record(conn, result, meta)
 
     async def _sync_accounts(self, rows: list[account_repo.AccountRow]) -> None:
@@ -203,10 +208,10 @@ class Holder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.nudged.wait(), timeout)
             self.nudged.clear()
-            full = time.monotonic() >= next_full or self.listener.full_requested
-            self.listener.full_requested = False
+            full_wanted, all_dirty, tokens = self.listener.take()
+            full = full_wanted or time.monotonic() >= next_full
             try:
-                await self.reconcile(full)
+                await self.reconcile(full, None if all_dirty else tokens)
             except Exception as exc:  # noqa: BLE001 - Postgres down: retry on the timer
                 self.db_ok = False
                 log.warning("reconcile failed (%s: %s); retrying", type(exc).__name__, exc)

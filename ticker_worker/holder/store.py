@@ -24,67 +24,78 @@ SELECT instrument_token, mode, wanted, status, account, connection, generation,
 FROM subscriptions WHERE wanted OR generation <> observed_generation
 """)
 
-# A nudge's pass reads the instruments' event metadata with the rows: one round trip.
-_DIRTY = text("""
+# A nudge's pass reads the instruments' event metadata with the rows: one round trip. The
+# lateral join keeps it to index lookups (a hash join would scan all ~100k instruments).
+_DIRTY = """
 SELECT s.instrument_token, s.mode, s.wanted, s.status, s.account, s.connection, s.generation,
        i.tradingsymbol, i.exchange, i.segment, i.instrument_type, i.name, i.expiry, i.strike,
        i.lot_size, i.tick_size
-FROM subscriptions s JOIN instruments i USING (instrument_token)
-WHERE s.generation <> s.observed_generation
-""")
+FROM subscriptions s CROSS JOIN LATERAL (
+    SELECT * FROM instruments WHERE instruments.instrument_token = s.instrument_token) i
+WHERE s.generation <> s.observed_generation {named}
+"""
+_DIRTY_ALL = text(_DIRTY.format(named=""))
+_DIRTY_NAMED = text(_DIRTY.format(named="AND s.instrument_token = ANY(CAST(:tokens AS bigint[]))"))
 
 Metadata = dict[int, dict[str, Any]]
 
 
-def read_desired(conn: Connection, full: bool) -> tuple[list[Desired], Metadata]:
-    """Dirty rows only (with their event metadata), or (full) every wanted and dirty row."""
+def read_desired(
+    conn: Connection, full: bool, tokens: set[int] | None = None
+) -> tuple[list[Desired], Metadata]:
+    """Every wanted and dirty row (full); else the dirty rows (only those of `tokens` when
+    given, read by primary key), with their event metadata."""
     if full:
         return [Desired(*row) for row in conn.execute(_FULL)], {}
     desired, meta = [], {}
-    for r in conn.execute(_DIRTY):
+    rows = conn.execute(_DIRTY_NAMED, {"tokens": list(tokens)}) if tokens else \
+        conn.execute(_DIRTY_ALL)
+    for r in rows:
         desired.append(Desired(r[0], r[1], r[2], r[3], r[4], r[5], r[6], True))
         meta[r.instrument_token] = instruments.metadata_of(r)
     return desired, meta
 
 
-_ACTIVATE = text("""
+# Each outcome is one data-modifying CTE; `record` joins the non-empty ones and the outbox
+# insert into a single statement, so a pass costs one round trip and commits atomically.
+_ACTIVATE = """
 UPDATE subscriptions s SET status = 'active', account = v.account, connection = v.conn,
     reason = NULL, observed_generation = GREATEST(s.observed_generation, v.gen),
     activated_at = CASE WHEN s.status = 'active' THEN s.activated_at ELSE now() END,
     first_tick_at = CASE WHEN s.status = 'active' THEN s.first_tick_at END,
     updated_at = now()
-FROM unnest(CAST(:tokens AS bigint[]), CAST(:accounts AS text[]), CAST(:conns AS int[]),
-            CAST(:gens AS bigint[])) AS v(token, account, conn, gen)
+FROM unnest(CAST(:a_tokens AS bigint[]), CAST(:a_accounts AS text[]), CAST(:a_conns AS int[]),
+            CAST(:a_gens AS bigint[])) AS v(token, account, conn, gen)
 WHERE s.instrument_token = v.token
-""")
+"""
 
-_QUEUE = text("""
+_QUEUE = """
 UPDATE subscriptions s SET status = 'queued', reason = v.reason, account = NULL,
     connection = NULL, observed_generation = GREATEST(s.observed_generation, v.gen),
     updated_at = now()
-FROM unnest(CAST(:tokens AS bigint[]), CAST(:reasons AS text[]), CAST(:gens AS bigint[]))
+FROM unnest(CAST(:q_tokens AS bigint[]), CAST(:q_reasons AS text[]), CAST(:q_gens AS bigint[]))
     AS v(token, reason, gen)
 WHERE s.instrument_token = v.token
-""")
+"""
 
-_REMOVE = text("""
+_REMOVE = """
 UPDATE subscriptions s SET status = 'removed', account = NULL, connection = NULL,
     reason = NULL, removed_at = now(), observed_generation = GREATEST(s.observed_generation, v.gen),
     updated_at = now()
-FROM unnest(CAST(:tokens AS bigint[]), CAST(:gens AS bigint[])) AS v(token, gen)
+FROM unnest(CAST(:r_tokens AS bigint[]), CAST(:r_gens AS bigint[])) AS v(token, gen)
 WHERE s.instrument_token = v.token
-""")
+"""
 
-_SETTLE = text("""
+_SETTLE = """
 UPDATE subscriptions s SET observed_generation = GREATEST(s.observed_generation, v.gen)
-FROM unnest(CAST(:tokens AS bigint[]), CAST(:gens AS bigint[])) AS v(token, gen)
+FROM unnest(CAST(:s_tokens AS bigint[]), CAST(:s_gens AS bigint[])) AS v(token, gen)
 WHERE s.instrument_token = v.token
-""")
+"""
 
-_OUTBOX = text("""
+_OUTBOX = """
 INSERT INTO outbox (event_id, event_type, payload)
 SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:types AS text[]), CAST(:payloads AS jsonb[]))
-""")
+"""
 
 
 def _events(conn: Connection, plan: Plan, known: Metadata) -> list[dict[str, Any]]:
@@ -109,30 +120,49 @@ def _events(conn: Connection, plan: Plan, known: Metadata) -> list[dict[str, Any
     return events
 
 
-def record(conn: Connection, plan: Plan, known: Metadata | None = None) -> list[dict[str, Any]]:
-    """Write the plan's outcome and its events (in the caller's transaction); return the events."""
+def _outcomes(plan: Plan) -> tuple[list[str], dict[str, Any]]:
+    parts: list[str] = []
+    params: dict[str, Any] = {}
     if plan.activated:
-        conn.execute(_ACTIVATE, {
-            "tokens": [d.token for d, _ in plan.activated],
-            "accounts": [s[0] for _, s in plan.activated],
-            "conns": [s[1] for _, s in plan.activated],
-            "gens": [d.generation for d, _ in plan.activated]})
+        parts.append(_ACTIVATE)
+        params.update(a_tokens=[d.token for d, _ in plan.activated],
+                      a_accounts=[s[0] for _, s in plan.activated],
+                      a_conns=[s[1] for _, s in plan.activated],
+                      a_gens=[d.generation for d, _ in plan.activated])
     if plan.queued:
-        conn.execute(_QUEUE, {"tokens": [d.token for d, _ in plan.queued],
-                              "reasons": [r for _, r in plan.queued],
-                              "gens": [d.generation for d, _ in plan.queued]})
+        parts.append(_QUEUE)
+        params.update(q_tokens=[d.token for d, _ in plan.queued],
+                      q_reasons=[r for _, r in plan.queued],
+                      q_gens=[d.generation for d, _ in plan.queued])
     if plan.removed:
-        conn.execute(_REMOVE, {"tokens": [d.token for d in plan.removed],
-                               "gens": [d.generation for d in plan.removed]})
+        parts.append(_REMOVE)
+        params.update(r_tokens=[d.token for d in plan.removed],
+                      r_gens=[d.generation for d in plan.removed])
     if plan.settled:
-        conn.execute(_SETTLE, {"tokens": [d.token for d in plan.settled],
-                               "gens": [d.generation for d in plan.settled]})
+        parts.append(_SETTLE)
+        params.update(s_tokens=[d.token for d in plan.settled],
+                      s_gens=[d.generation for d in plan.settled])
+    return parts, params
+
+
+def record(conn: Connection, plan: Plan, known: Metadata | None = None) -> list[dict[str, Any]]:
+    """Write the plan's outcome and its events in one statement; return the events.
+
+    One statement is atomic on its own, so `conn` may be in autocommit mode.
+    """
     events = _events(conn, plan, known or {})
+    parts, params = _outcomes(plan)
     if events:
-        conn.execute(_OUTBOX, {
-            "ids": [uuid.UUID(e["event_id"]) for e in events],
-            "types": [e["event_type"] for e in events],
-            "payloads": [orjson.dumps(e).decode() for e in events]})
+        final = _OUTBOX
+        params.update(ids=[uuid.UUID(e["event_id"]) for e in events],
+                      types=[e["event_type"] for e in events],
+                      payloads=[orjson.dumps(e).decode() for e in events])
+    elif parts:
+        final = "SELECT 1"
+    else:
+        return events
+    ctes = ", ".join(f"o{i} AS ({sql})" for i, sql in enumerate(parts))
+    conn.execute(text(f"WITH {ctes} {final}" if ctes else final), params)
     return events
 
 

@@ -39,9 +39,10 @@ def ours(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def commands() -> dict[str, click.Command]:
     from ticker_worker.cli import cli
-    from ticker_worker.sim.cli import sim
 
-    return {**cli.commands, "sim": sim}
+    ctx = click.Context(cli)
+    found = {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+    return {name: command for name, command in found.items() if command is not None}
 
 
 def check_ticker_worker(argv: list[str]) -> None:

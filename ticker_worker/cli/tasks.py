@@ -92,4 +92,4 @@ def set_mode(mode: str, tokens: tuple[int, ...]) -> None:
         click.echo(f"{token}: {result['mode']} ({'changed' if result['changed'] else 'unchanged'})")
 
 
-COMMANDS = (subscribe, unsubscribe, set_mode)
+

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import time
 from typing import Any
@@ -29,6 +31,18 @@ from ticker_worker.kite.ticker import TickerConnection
 
 log = logging.getLogger(__name__)
 INLINE_ROWS = 200  # above this, a pass's database writes run on a thread
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: nothing to trim
+    _libc = None
+
+
+def release_memory() -> None:
+    """Hand the memory of a bulk pass back to the OS instead of keeping it as free heap."""
+    gc.collect()
+    if _libc is not None:
+        _libc.malloc_trim(0)
 
 
 class Holder:
@@ -66,12 +80,13 @@ class Holder:
             # Account changes (set-token, disable) are picked up within one timer period; a
             # nudge for a subscribe does not pay for re-reading them.
             await self._sync_accounts(await asyncio.to_thread(self._read_accounts))
-        # A nudge's pass is small: run its SQL inline (a thread hop costs more than the query).
-        # Full passes read every wanted row, so they go to a thread and the loop stays free.
-        if full:
+        # A nudge naming a few tokens is small: run its SQL inline (a thread hop costs more than
+        # the query). Other passes may read thousands of rows: a thread keeps the loop free.
+        if full or not tokens:
             desired, meta = await asyncio.to_thread(self._read_desired, full, None)
         else:
             desired, meta = self._read_desired(full, tokens)
+        desired = self._slice(desired, full, tokens)
         layout = Layout([a.load() for a in self.accounts.values()],
                         self.settings.max_tokens_per_connection,
                         self.settings.max_connections_per_account)
@@ -85,12 +100,32 @@ class Holder:
             if events:
                 await self._publish(events)
             self._log_plan(result)
+            if len(desired) > INLINE_ROWS and not full:
+                release_memory()
         await self._retire_unusable()
         self.db_ok = True
         self.last_reconcile_at = time.time()
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciles += 1
         return result
+
+    def _slice(self, desired: list[Any], full: bool, tokens: set[int] | None) -> list[Any]:
+        """At most PASS_LIMIT new rows per pass; the rest go to the next pass at once."""
+        if not full:
+            if not tokens and len(desired) >= store.PASS_LIMIT:
+                self._more()
+            return desired
+        fresh = [d for d in desired if d.dirty and d.token not in self.actual]
+        if len(fresh) <= store.PASS_LIMIT:
+            return desired
+        deferred = {d.token for d in fresh[store.PASS_LIMIT:]}
+        self._more()
+        # Deferred rows are not placed yet, so leaving them out cannot make them orphans.
+        return [d for d in desired if d.token not in deferred]
+
+    def _more(self) -> None:
+        self.listener.all_dirty = True
+        self.nudged.set()
 
     def _read_accounts(self) -> list[account_repo.AccountRow]:
         with self.rt.engine.connect() as conn:
@@ -226,6 +261,8 @@ class Holder:
             try:
                 events = await asyncio.wait_for(self.outbox.get(), 2.0)
                 await asyncio.to_thread(self.relay.finish, events)
+                if len(events) > INLINE_ROWS and self.outbox.empty():
+                    release_memory()
             except TimeoutError:
                 try:
                     await asyncio.to_thread(self.relay.sweep)

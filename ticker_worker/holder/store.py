@@ -34,7 +34,9 @@ FROM subscriptions s CROSS JOIN LATERAL (
     SELECT * FROM instruments WHERE instruments.instrument_token = s.instrument_token) i
 WHERE s.generation <> s.observed_generation {named}
 """
-_DIRTY_ALL = text(_DIRTY.format(named=""))
+# A bulk change is taken in slices, so one pass never holds 27,000 events in memory at once.
+_DIRTY_ALL = text(_DIRTY.format(named="ORDER BY s.instrument_token LIMIT :limit"))
+PASS_LIMIT = 2000
 _DIRTY_NAMED = text(_DIRTY.format(named="AND s.instrument_token = ANY(CAST(:tokens AS bigint[]))"))
 
 Metadata = dict[int, dict[str, Any]]
@@ -49,7 +51,7 @@ def read_desired(
         return [Desired(*row) for row in conn.execute(_FULL)], {}
     desired, meta = [], {}
     rows = conn.execute(_DIRTY_NAMED, {"tokens": list(tokens)}) if tokens else \
-        conn.execute(_DIRTY_ALL)
+        conn.execute(_DIRTY_ALL, {"limit": PASS_LIMIT})
     for r in rows:
         desired.append(Desired(r[0], r[1], r[2], r[3], r[4], r[5], r[6], True))
         meta[r.instrument_token] = instruments.metadata_of(r)

@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.config import Settings
 from ticker_worker.core.model import parse_token
-from ticker_worker.db import accounts, candles
+from ticker_worker.db import accounts, candles, instruments
 from ticker_worker.db.accounts import AccountRow
 from ticker_worker.db.instruments import IST
 from ticker_worker.errors import (
@@ -30,6 +30,7 @@ from ticker_worker.errors import (
     InvalidDays,
     InvalidInterval,
     NoHealthyAccount,
+    UnknownInstrument,
 )
 from ticker_worker.kite import rest
 from ticker_worker.logs import redact
@@ -227,6 +228,10 @@ class Backfiller:
         days = parse_days(self.settings.backfill_days if days is None else days)
         extra: dict[str, object] = {"task_id": task_id, "instrument_token": token}
         with self.engine.connect() as conn:
+            if not instruments.lookup(conn, [token]):
+                # Refused here rather than by Kite: no request and no rate-limit slot spent.
+                raise UnknownInstrument(f"unknown instrument {token}: not in the instrument "
+                                        "registry (run `ticker-worker instruments sync`)")
             last = candles.last_ts(conn, token, interval)
             rows = accounts.list_all(conn)
         now = self.now()

@@ -7,11 +7,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(
-    url: str, *, pool_size: int = 5, application_name: str = "ticker_worker"
+    url: str, *, pool_size: int = 5, application_name: str = "ticker_worker",
+    statement_timeout_ms: int = 30_000, lock_timeout_ms: int = 0, connect_timeout: int = 5,
 ) -> Engine:
     """A pooled engine. No pre-ping: it would cost a round trip on every subscribe. After a
     Postgres restart the first statement on a dead connection fails, SQLAlchemy drops the
     whole pool, and the caller retries (tasks back off; the holder reconciles again)."""
+    # A statement that hangs on a lock fails instead of wedging a worker or the holder.
+    options = f"-c statement_timeout={statement_timeout_ms}"
+    if lock_timeout_ms:
+        options += f" -c lock_timeout={lock_timeout_ms}"
     return create_engine(
         url,
         pool_size=pool_size,
@@ -19,9 +24,8 @@ def make_engine(
         pool_recycle=1800,
         connect_args={
             "application_name": application_name,
-            "connect_timeout": 5,
-            # A statement that hangs on a lock fails instead of wedging a worker or the holder.
-            "options": "-c statement_timeout=30000",
+            "connect_timeout": connect_timeout,
+            "options": options,
         },
     )
 

@@ -1,10 +1,18 @@
-"""Nudges: a LISTEN on Postgres that wakes the reconcile loop; the timer heals a lost nudge."""
+"""Nudges: a LISTEN on Postgres that wakes the reconcile loop; the timer heals a lost nudge.
+
+The LISTEN connection lives on a thread of its own, blocked in select(): registering its raw
+socket with the event loop races with fd reuse after a Postgres restart (the dead socket's
+number goes to a new transport), while a thread owns its connection outright.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import select
+import threading
+import time
 from typing import Any
 
 import psycopg2
@@ -14,6 +22,7 @@ from sqlalchemy.engine import make_url
 from ticker_worker.keys import DIRTY_PASS, FULL_PASS, NUDGE_CHANNEL
 
 log = logging.getLogger(__name__)
+KEEPALIVE = 5.0  # seconds between liveness queries on an idle LISTEN connection
 
 
 def _dsn(database_url: str) -> str:
@@ -29,84 +38,94 @@ class NudgeListener:
     def __init__(self, database_url: str, event: asyncio.Event) -> None:
         self.dsn = _dsn(database_url)
         self.event = event
-        self._conn: Any = None
         self.connected = False
-        # What the nudges since the last pass asked for (see keys.py); the reader resets them.
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # What the nudges since the last pass asked for (see keys.py); `take` resets them.
         self.full_requested = False
         self.all_dirty = False
         self.tokens: set[int] = set()
 
     async def run(self) -> None:
-        """Keep a LISTEN open until cancelled."""
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                self._connect()
-                loop.add_reader(self._conn.fileno(), self._readable)
-                self.all_dirty = True  # anything committed while we were away: reconcile now
-                self.event.set()
-                while self._alive():
-                    await asyncio.sleep(5)
-            except psycopg2.Error as exc:
-                log.warning("nudge listener: %s; retrying", str(exc).strip())
-            finally:
-                self._close(loop)
-            await asyncio.sleep(1)
-
-    def _connect(self) -> None:
-        self._conn = psycopg2.connect(self.dsn, connect_timeout=5, keepalives=1,
-                                      keepalives_idle=5, keepalives_interval=2,
-                                      keepalives_count=2)
-        self._conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
-        self._conn.cursor().execute(f"LISTEN {NUDGE_CHANNEL}")
-        self.connected = True
-
-    def _alive(self) -> bool:
+        """Listen on a daemon thread until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=self._listen_forever, name="nudges", daemon=True)
+        thread.start()
         try:
-            self._conn.cursor().execute("SELECT 1")
-        except psycopg2.Error:
-            return False
-        self._drain()  # a query collects pending notifications too
-        return True
-
-    def _readable(self) -> None:
-        try:
-            self._conn.poll()
-        except psycopg2.Error:
-            self.connected = False
-            return
-        self._drain()
-
-    def _drain(self) -> None:
-        if not self._conn.notifies:
-            return
-        for note in self._conn.notifies:
-            self._note(note.payload)
-        self._conn.notifies.clear()
-        self.event.set()
-
-    def _note(self, payload: str) -> None:
-        if payload == FULL_PASS:
-            self.full_requested = True
-        elif payload == DIRTY_PASS or not payload:
-            self.all_dirty = True
-        else:
-            try:
-                self.tokens.update(int(t) for t in payload.split(","))
-            except ValueError:
-                self.all_dirty = True
+            await asyncio.Event().wait()
+        finally:
+            self._stop.set()
 
     def take(self) -> tuple[bool, bool, set[int]]:
         """(full pass wanted, every dirty row wanted, the named tokens) since the last call."""
-        taken = (self.full_requested, self.all_dirty, self.tokens)
-        self.full_requested, self.all_dirty, self.tokens = False, False, set()
+        with self._lock:
+            taken = (self.full_requested, self.all_dirty, self.tokens)
+            self.full_requested, self.all_dirty, self.tokens = False, False, set()
         return taken
 
-    def _close(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.connected = False
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self._conn.fileno())
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn = None
+    def ask(self, full: bool = False) -> None:
+        """Ask for another pass over every dirty row (or a full pass) and wake the loop."""
+        with self._lock:
+            self.all_dirty = True
+            self.full_requested = self.full_requested or full
+        self.event.set()
+
+    def _listen_forever(self) -> None:
+        while not self._stop.is_set():
+            conn: Any = None
+            try:
+                conn = self._connect()
+                self._wake(all_dirty=True)  # anything committed while we were away
+                self._serve(conn)
+            except psycopg2.Error as exc:
+                log.warning("nudge listener: %s; retrying", str(exc).strip())
+            finally:
+                self.connected = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            self._stop.wait(1.0)
+
+    def _connect(self) -> Any:
+        conn = psycopg2.connect(self.dsn, connect_timeout=5, keepalives=1, keepalives_idle=5,
+                                keepalives_interval=2, keepalives_count=2)
+        conn.set_isolation_level(psycopg2.extensions.ISOLATION_LEVEL_AUTOCOMMIT)
+        conn.cursor().execute(f"LISTEN {NUDGE_CHANNEL}")
+        self.connected = True
+        return conn
+
+    def _serve(self, conn: Any) -> None:
+        checked = time.monotonic()
+        while not self._stop.is_set():
+            readable, _, _ = select.select([conn], [], [], 1.0)
+            if readable:
+                conn.poll()
+            elif time.monotonic() - checked > KEEPALIVE:
+                conn.cursor().execute("SELECT 1")  # raises once the server has gone
+                checked = time.monotonic()
+            if conn.notifies:
+                payloads = [n.payload for n in conn.notifies]
+                conn.notifies.clear()
+                self._note(payloads)
+
+    def _note(self, payloads: list[str]) -> None:
+        with self._lock:
+            for payload in payloads:
+                if payload == FULL_PASS:
+                    self.full_requested = True
+                elif payload == DIRTY_PASS or not payload:
+                    self.all_dirty = True
+                else:
+                    try:
+                        self.tokens.update(int(t) for t in payload.split(","))
+                    except ValueError:
+                        self.all_dirty = True
+        self._wake()
+
+    def _wake(self, all_dirty: bool = False) -> None:
+        if all_dirty:
+            with self._lock:
+                self.all_dirty = True
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.event.set)

@@ -12,16 +12,20 @@ import ctypes
 import gc
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import redis.asyncio as aioredis
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.core.placement import Layout, Slot
 from ticker_worker.core.reconcile import Placed, Plan, plan
 from ticker_worker.db import accounts as account_repo
 from ticker_worker.db import instruments
+from ticker_worker.db.engine import make_engine
 from ticker_worker.holder import store
 from ticker_worker.holder.accounts import AccountState
 from ticker_worker.holder.listener import NudgeListener
@@ -30,7 +34,9 @@ from ticker_worker.holder.ticks import TickPipeline
 from ticker_worker.kite.ticker import TickerConnection
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 INLINE_ROWS = 200  # above this, a pass's database writes run on a thread
+SWEEP_INTERVAL = 2.0  # seconds between outbox sweeps
 
 try:
     _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
@@ -58,6 +64,10 @@ class Holder:
         self.ticks = TickPipeline(self.aredis, rt.keys.ticks, self.settings.uses_simulator)
         self.relay = Relay(rt.engine, rt.redis, rt.keys, celery_app)
         self.listener = NudgeListener(self.settings.database_url, self.nudged)
+        self.inline_engine = make_engine(
+            self.settings.database_url, pool_size=1, application_name="ticker_worker-holder",
+            statement_timeout_ms=250, lock_timeout_ms=50, connect_timeout=1,
+        ).execution_options(isolation_level="AUTOCOMMIT")
         self.outbox: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
         self.session: aiohttp.ClientSession | None = None
         self.db_ok = False
@@ -67,6 +77,7 @@ class Holder:
         self.counts: dict[str, int] = {}
         self.outbox_backlog = 0
         self.instruments = 0
+        self.last_sweep = time.monotonic()
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -83,9 +94,10 @@ class Holder:
         # A nudge naming a few tokens is small: run its SQL inline (a thread hop costs more than
         # the query). Other passes may read thousands of rows: a thread keeps the loop free.
         if full or not tokens:
-            desired, meta = await asyncio.to_thread(self._read_desired, full, None)
+            desired, meta = await asyncio.to_thread(self._read_desired, self.rt.autocommit, full,
+                                                    None)
         else:
-            desired, meta = self._read_desired(full, tokens)
+            desired, meta = await self._inline(self._read_desired, full, tokens)
         desired = self._slice(desired, full, tokens)
         layout = Layout([a.load() for a in self.accounts.values()],
                         self.settings.max_tokens_per_connection,
@@ -94,9 +106,9 @@ class Holder:
         if not result.is_empty():
             await self._apply(result)
             if len(desired) > INLINE_ROWS:
-                events = await asyncio.to_thread(self._record, result, meta)
+                events = await asyncio.to_thread(self._record, self.rt.autocommit, result, meta)
             else:
-                events = self._record(result, meta)
+                events = await self._inline(self._record, result, meta)
             if events:
                 await self._publish(events)
             self._log_plan(result)
@@ -124,21 +136,34 @@ class Holder:
         return [d for d in desired if d.token not in deferred]
 
     def _more(self) -> None:
-        self.listener.all_dirty = True
-        self.nudged.set()
+        self.listener.ask()
 
     def _read_accounts(self) -> list[account_repo.AccountRow]:
         with self.rt.engine.connect() as conn:
             return account_repo.list_all(conn)
 
+    async def _inline(self, call: Callable[..., T], *args: Any) -> T:
+        """Run a small database call on the loop itself: a thread hop costs more than the
+        query. Its connection gives up on a lock after 50 ms and on the statement after
+        250 ms, and the call is then retried on a thread, so a migration holding a lock or a
+        slow server never freezes the ticks and /health. Each call is one autocommit
+        statement, so a cancelled one wrote nothing."""
+        try:
+            return call(self.inline_engine, *args)
+        except DBAPIError as exc:
+            log.info("inline database call gave up (%s); retrying on a thread", exc.orig)
+            return await asyncio.to_thread(call, self.rt.autocommit, *args)
+
+    @staticmethod
     def _read_desired(
-        self, full: bool, tokens: set[int] | None
+        engine: Engine, full: bool, tokens: set[int] | None
     ) -> tuple[list[Any], store.Metadata]:
-        with self.rt.autocommit.connect() as conn:
+        with engine.connect() as conn:
             return store.read_desired(conn, full, tokens)
 
-    def _record(self, result: Plan, meta: store.Metadata) -> list[dict[str, Any]]:
-        with self.rt.autocommit.connect() as conn:
+    @staticmethod
+    def _record(engine: Engine, result: Plan, meta: store.Metadata) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
             return store.record(conn, result, meta)
 
     async def _sync_accounts(self, rows: list[account_repo.AccountRow]) -> None:
@@ -222,7 +247,7 @@ class Holder:
         state.auth_failed = True
         reason = "access token rejected by Kite (403): run `ticker-worker accounts set-token`"
         asyncio.get_running_loop().create_task(self._mark_unhealthy(state.name, reason))
-        self.nudged.set()
+        self.listener.ask(full=True)  # move its instruments now, not at the next timer pass
 
     async def _mark_unhealthy(self, name: str, reason: str) -> None:
         def write() -> None:
@@ -256,20 +281,33 @@ class Holder:
                 next_full = time.monotonic() + self.settings.reconcile_interval
 
     async def relay_loop(self) -> None:
-        """Deliver fresh events at once; sweep the outbox for anything left behind."""
+        """Finish fresh events as they come; sweep the outbox every 2 s whatever the traffic.
+
+        The sweep has its own clock: events that missed Redis during an outage must go out
+        even while new commands keep arriving.
+        """
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
         while True:
-            try:
-                events = await asyncio.wait_for(self.outbox.get(), 2.0)
-                await asyncio.to_thread(self.relay.finish, events)
+            with contextlib.suppress(TimeoutError):
+                events = await asyncio.wait_for(
+                    self.outbox.get(), max(0.0, next_sweep - time.monotonic()))
+                try:
+                    await asyncio.to_thread(self.relay.finish, events)
+                except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
+                    log.warning("event delivery failed (%s); will retry from the outbox", exc)
                 if len(events) > INLINE_ROWS and self.outbox.empty():
                     release_memory()
-            except TimeoutError:
+            if time.monotonic() >= next_sweep and (self.outbox.empty() or self._sweep_overdue()):
+                self.last_sweep = time.monotonic()
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
                 try:
                     await asyncio.to_thread(self.relay.sweep)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - Redis or Postgres still away
                     log.warning("outbox sweep failed: %s", exc)
-            except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
-                log.warning("event delivery failed (%s); will retry from the outbox", exc)
+
+    def _sweep_overdue(self) -> bool:
+        # A bulk change keeps the queue busy for a while; never let the sweep starve for long.
+        return time.monotonic() - self.last_sweep > 30
 
     async def tick_times_loop(self) -> None:
         """Store first-tick times every flush interval, last-tick times every few of them.

@@ -185,15 +185,21 @@ def record_ticks(conn: Connection, seen: dict[int, float]) -> None:
             "ts": [datetime.fromtimestamp(t, UTC) for t in seen.values()]})
 
 
+# Events younger than a few seconds are most likely still on their fast path (published,
+# their backfill being enqueued): leave them to it rather than publish them twice.
 _UNPUBLISHED = text("""
-SELECT payload FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT :limit
+SELECT payload FROM outbox
+WHERE published_at IS NULL AND created_at < now() - make_interval(secs => :min_age)
+ORDER BY seq LIMIT :limit
 FOR UPDATE SKIP LOCKED
 """)
 
 
-def unpublished(conn: Connection, limit: int = 500) -> list[dict[str, Any]]:
-    """Events still to deliver, oldest first, locked against another relay."""
-    return [row[0] for row in conn.execute(_UNPUBLISHED, {"limit": limit})]
+def unpublished(
+    conn: Connection, limit: int = 500, min_age: float = 5.0
+) -> list[dict[str, Any]]:
+    """Events still to deliver (older than `min_age` s), oldest first, locked against others."""
+    return [row[0] for row in conn.execute(_UNPUBLISHED, {"limit": limit, "min_age": min_age})]
 
 
 def mark_published(conn: Connection, event_ids: Sequence[str]) -> None:

@@ -198,7 +198,9 @@ class Holder:
                 state.name, slot[1], self.settings.kite_ws_root, state.credentials, self.session,
                 self._on_frame, self._on_auth_rejected, stale_after=self.settings.stale_after,
                 max_delay=self.settings.reconnect_max_delay,
-                batch_size=self.settings.subscribe_batch_size)
+                batch_size=self.settings.subscribe_batch_size,
+                # Level-triggered: every (re)connect is followed by a reconcile pass.
+                on_connected=lambda _: self.listener.ask())
             state.connections[slot[1]] = conn
             conn.start()
         return conn
@@ -355,5 +357,6 @@ class Holder:
         for state in self.accounts.values():
             await self._retire(state)
         await self.aredis.aclose()
+        self.inline_engine.dispose()
         if self.session is not None:
             await self.session.close()

@@ -57,11 +57,13 @@ class TickerConnection:
         session: aiohttp.ClientSession, on_frame: FrameHandler,
         on_auth_rejected: Callable[[TickerConnection], None], *, stale_after: float = 5.0,
         max_delay: float = 30.0, batch_size: int = 1000,
+        on_connected: Callable[[TickerConnection], None] | None = None,
     ) -> None:
         self.account, self.index = account, index
         self.ws_root = ws_root.rstrip("/")
         self._credentials, self._session = credentials, session
         self._on_frame, self._on_auth_rejected = on_frame, on_auth_rejected
+        self._on_connected = on_connected
         self.stale_after, self.max_delay, self.batch_size = stale_after, max_delay, batch_size
         self.tokens: dict[int, str] = {}
         self.connected = False
@@ -178,6 +180,8 @@ class TickerConnection:
         self.last_message_at = time.monotonic()
         log.info("connected; resubscribing %d tokens", len(self.tokens), extra=self.log_extra)
         await self._resubscribe_all()
+        if self._on_connected is not None:
+            self._on_connected(self)
         await self._read(self._ws)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:

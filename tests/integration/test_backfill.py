@@ -30,6 +30,7 @@ from ticker_worker.errors import (
     InvalidInterval,
     InvalidToken,
     NoHealthyAccount,
+    UnknownInstrument,
 )
 from ticker_worker.keys import RedisKeys
 from ticker_worker.kite import rest
@@ -64,8 +65,9 @@ def kite_settings(settings: Settings, sim: str, redis_client: redis.Redis) -> Se
 
 
 @pytest.fixture
-def db(engine: Engine) -> Engine:
-    """Clean tables with both accounts."""
+def db(registry: Engine) -> Engine:
+    """Clean tables with the small instrument registry and both accounts."""
+    engine = registry
     with engine.begin() as conn:
         for name, (key, token) in ACCOUNTS.items():
             accounts.add(conn, name, key, token)
@@ -194,6 +196,15 @@ def test_bad_input_fails_before_any_request(db: Engine, kite_settings: Settings)
     with pytest.raises(InvalidInterval, match="'hour'"):
         make(db, kite_settings, None, spy=spy).run(NIFTY, "hour")
     assert spy.calls == [] and stored(db) == []
+
+
+def test_unknown_instrument_is_refused_before_any_request(
+    db: Engine, kite_settings: Settings
+) -> None:
+    spy = Spy()
+    with pytest.raises(UnknownInstrument, match="987654321"):
+        make(db, kite_settings, None, spy=spy).run(987654321)
+    assert spy.calls == []
 
 
 def test_without_the_limiter_kite_answers_429_which_the_task_retries(

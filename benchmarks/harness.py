@@ -15,6 +15,7 @@ os.environ.update({
     "LOG_LEVEL": "WARNING",
 })
 
+import contextlib
 import statistics
 import sys
 import threading
@@ -132,13 +133,14 @@ class EventClock:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        for message in self.pubsub.listen():
-            now = time.perf_counter()
-            event = orjson.loads(message["data"])
-            if event["event_type"] == "subscription_created":
-                with self.cond:
-                    self.arrived[event["instrument_token"]] = now
-                    self.cond.notify_all()
+        with contextlib.suppress(redis.ConnectionError, ValueError, AttributeError):
+            for message in self.pubsub.listen():  # ends when the benchmark shuts Redis down
+                now = time.perf_counter()
+                event = orjson.loads(message["data"])
+                if event["event_type"] == "subscription_created":
+                    with self.cond:
+                        self.arrived[event["instrument_token"]] = now
+                        self.cond.notify_all()
 
     def wait(self, token: int, timeout: float = 60) -> float:
         with self.cond:
@@ -164,14 +166,11 @@ class TickRecorder:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        try:
-            for message in self.pubsub.listen():
+        with contextlib.suppress(redis.ConnectionError, ValueError, AttributeError):
+            for message in self.pubsub.listen():  # ends when closed
                 now = time.perf_counter()
                 for tick in orjson.loads(message["data"]):
                     self._see(tick, now)
-        except (redis.ConnectionError, ValueError, AttributeError):
-            if not self.closed:
-                raise
 
     def close(self) -> None:
         """Stop listening (it would compete for the GIL with a latency measurement)."""

@@ -78,6 +78,9 @@ class Holder:
         self.outbox_backlog = 0
         self.instruments = 0
         self.last_sweep = time.monotonic()
+        # True while a bulk change is being placed slice by slice: the relay waits, so that
+        # enqueueing thousands of backfills does not compete with placement for the GIL.
+        self.placing = False
 
     # ---- reconcile -------------------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class Holder:
 
     def _slice(self, desired: list[Any], full: bool, tokens: set[int] | None) -> list[Any]:
         """At most PASS_LIMIT new rows per pass; the rest go to the next pass at once."""
+        self.placing = False
         if not full:
             if not tokens and len(desired) >= store.PASS_LIMIT:
                 self._more()
@@ -136,6 +140,7 @@ class Holder:
         return [d for d in desired if d.token not in deferred]
 
     def _more(self) -> None:
+        self.placing = True
         self.listener.ask()
 
     def _read_accounts(self) -> list[account_repo.AccountRow]:
@@ -290,22 +295,43 @@ class Holder:
         """
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         while True:
-            with contextlib.suppress(TimeoutError):
-                events = await asyncio.wait_for(
-                    self.outbox.get(), max(0.0, next_sweep - time.monotonic()))
-                try:
-                    await asyncio.to_thread(self.relay.finish, events)
-                except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
-                    log.warning("event delivery failed (%s); will retry from the outbox", exc)
-                if len(events) > INLINE_ROWS and self.outbox.empty():
-                    release_memory()
-            if time.monotonic() >= next_sweep and (self.outbox.empty() or self._sweep_overdue()):
-                self.last_sweep = time.monotonic()
+            events = await self._next_events(next_sweep)
+            if events:
+                await self._finish(events)
+            if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + SWEEP_INTERVAL
-                try:
-                    await asyncio.to_thread(self.relay.sweep)
-                except Exception as exc:  # noqa: BLE001 - Redis or Postgres still away
-                    log.warning("outbox sweep failed: %s", exc)
+                if self.outbox.empty() or self._sweep_overdue():
+                    await self._sweep()
+
+    async def _next_events(self, until: float) -> list[dict[str, Any]] | None:
+        if not self.outbox.empty():
+            return self.outbox.get_nowait()
+        try:
+            return await asyncio.wait_for(self.outbox.get(), max(0.01, until - time.monotonic()))
+        except TimeoutError:
+            return None
+
+    async def _finish(self, events: list[dict[str, Any]]) -> None:
+        await self._wait_for_placement()
+        try:
+            await asyncio.to_thread(self.relay.finish, events)
+        except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
+            log.warning("event delivery failed (%s); will retry from the outbox", exc)
+        if len(events) > INLINE_ROWS and self.outbox.empty():
+            release_memory()
+
+    async def _sweep(self) -> None:
+        self.last_sweep = time.monotonic()
+        try:
+            await asyncio.to_thread(self.relay.sweep)
+        except Exception as exc:  # noqa: BLE001 - Redis or Postgres still away
+            log.warning("outbox sweep failed: %s", exc)
+
+    async def _wait_for_placement(self, limit: float = 10.0) -> None:
+        # Events are already published; only their backfill enqueue waits, and not forever.
+        deadline = time.monotonic() + limit
+        while self.placing and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def _sweep_overdue(self) -> bool:
         # A bulk change keeps the queue busy for a while; never let the sweep starve for long.

@@ -36,7 +36,7 @@ WHERE s.generation <> s.observed_generation {named}
 """
 # A bulk change is taken in slices, so one pass never holds 27,000 events in memory at once.
 _DIRTY_ALL = text(_DIRTY.format(named="ORDER BY s.instrument_token LIMIT :limit"))
-PASS_LIMIT = 2000
+PASS_LIMIT = 4000
 _DIRTY_NAMED = text(_DIRTY.format(named="AND s.instrument_token = ANY(CAST(:tokens AS bigint[]))"))
 
 Metadata = dict[int, dict[str, Any]]

@@ -55,7 +55,7 @@ def churn(client: Celery, tokens: list[int], ops: int, rate: float) -> None:
 def run_strategy(name: str, full_reload: bool, ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     engine, sim, r = ctx["engine"], ctx["sim"], ctx["redis"]
     h.reset_subscriptions(engine, r)
-    holder, _ = h.holder_proc(sim, full_reload=full_reload)
+    holder, _ = h.holder_proc(sim, full_reload=full_reload, log_level="INFO")
     worker = h.celery_worker(concurrency=4, env={"LOG_LEVEL": "INFO"})
     try:
         h.wait_for(lambda: "ready" in worker.output(), 60, "the worker")

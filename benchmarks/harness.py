@@ -126,7 +126,10 @@ class EventClock:
     """Records when each `subscription_created` arrives, by token (perf_counter clock)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        # A client of its own: a pubsub connection released into a shared pool could be handed
+        # to another listener while this thread still reads from it.
+        own = redis.Redis(connection_pool=redis.ConnectionPool(**client.connection_pool.connection_kwargs))
+        self.pubsub = own.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(KEYS.events)
         self.arrived: dict[int, float] = {}
         self.cond = threading.Condition()
@@ -160,7 +163,8 @@ class TickRecorder:
         self.max_gap = 0.0
         self.ticks = 0
         self.recording = False
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        own = redis.Redis(connection_pool=redis.ConnectionPool(**client.connection_pool.connection_kwargs))
+        self.pubsub = own.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(KEYS.ticks)
         self.closed = False
         threading.Thread(target=self._run, daemon=True).start()
@@ -168,6 +172,8 @@ class TickRecorder:
     def _run(self) -> None:
         with contextlib.suppress(redis.ConnectionError, ValueError, AttributeError):
             for message in self.pubsub.listen():  # ends when closed
+                if self.closed:
+                    return
                 now = time.perf_counter()
                 for tick in orjson.loads(message["data"]):
                     self._see(tick, now)

@@ -241,16 +241,27 @@ def test_candles_backfilled(subscribed: Channels, up_engine: Engine) -> None:
     wait_for(candles, 120, "candles for 256265 in Postgres")
 
 
-def test_flower_lists_tasks_behind_auth(subscribed: Channels, stack: Up) -> None:
+def test_flower_lists_tasks_behind_auth(
+    subscribed: Channels, stack: Up, up_env: dict[str, str]
+) -> None:
     base = f"http://127.0.0.1:{stack.ports['flower']}"
     auth = (stack.state_dir / "flower-credentials").read_text().strip()
     assert get(f"{base}/api/tasks")[0] == 401
+    # Flower knows only the tasks whose events it received: its event consumer can connect a
+    # moment after /healthcheck answers, so repeat the (idempotent) subscribe until it shows.
+    client = Celery(broker=up_env["REDIS_URL"], backend=up_env["REDIS_URL"])
 
-    def names() -> set[str]:
+    def listed() -> bool:
         status, body = get(f"{base}/api/tasks", auth)
         assert status == 200, body
-        return {t["name"] for t in json.loads(body).values()}
-    wait_for(lambda: "ticker_worker.subscribe" in names(), 60, "Flower to list the subscribe task")
+        if "ticker_worker.subscribe" in {t["name"] for t in json.loads(body).values()}:
+            return True
+        client.send_task("ticker_worker.subscribe", args=[TOKEN]).get(timeout=30)
+        return False
+    try:
+        wait_for(listed, 60, "Flower to list the subscribe task")
+    finally:
+        client.close()
 
 
 def test_no_secret_in_output(subscribed: Channels, stack: Up, up_engine: Engine) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import redis
 from sqlalchemy import Engine, text
 
-from tests.procs import Proc, celery_worker, free_port, wait_for
+from tests.procs import Proc, free_port, wait_for
 
 
 class Sim:
@@ -135,5 +134,4 @@ def wait_status(engine: Engine, tokens: list[int], status: str, timeout: float =
     wait_for(done, timeout, f"{len(tokens)} subscriptions {status}")
 
 
-__all__ = ["Holder", "Listener", "Sim", "add_accounts", "celery_worker", "holder_env",
-           "sub_rows", "time", "wait_status"]
+__all__ = ["Holder", "Listener", "Sim", "add_accounts", "holder_env", "sub_rows", "wait_status"]

@@ -50,6 +50,8 @@ def test_subscribe_event_ticks_mode_and_unsubscribe(
     add_accounts(engine, 1)
     start_holder()
     client = Celery(broker=settings.celery_broker_url, backend=settings.celery_result_backend)
+    # A second instrument keeps streaming throughout: the witness that ticks still flow.
+    client.send_task("ticker_worker.subscribe", args=[408065, "quote"]).get(timeout=30)
     result = client.send_task("ticker_worker.subscribe", args=[256265]).get(timeout=30)
     assert result["status"] in ("pending", "active")
 
@@ -77,7 +79,7 @@ def test_subscribe_event_ticks_mode_and_unsubscribe(
     wait_status(engine, [256265], "removed")
     wait_for(lambda: placement(sim)[256265] == 0, what="the simulator to drop 256265")
     listener.clear()
-    wait_for(lambda: sim.stats()["ticks_total"] > 0, what="the sim to keep running")
+    wait_for(lambda: len(ticks_for(listener, keys, 408065)) >= 3, what="three more ticks of 408065")
     assert ticks_for(listener, keys, 256265) == []
 
 

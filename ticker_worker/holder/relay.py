@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
@@ -21,6 +21,7 @@ from ticker_worker.holder import store
 from ticker_worker.keys import EVENTS_STREAM_MAXLEN, RedisKeys
 
 log = logging.getLogger(__name__)
+P = TypeVar("P", redis.client.Pipeline, aioredis.client.Pipeline)
 
 
 class Relay:
@@ -35,13 +36,7 @@ class Relay:
 
     async def publish_now(self, client: aioredis.Redis, events: Sequence[dict[str, Any]]) -> None:
         """Publish just-committed events from the event loop: the fast path of a subscribe."""
-        pipe = client.pipeline(transaction=False)
-        for event in events:
-            body = orjson.dumps(event)
-            pipe.publish(self.keys.events, body)
-            pipe.xadd(self.keys.events_stream, {"event": body}, maxlen=EVENTS_STREAM_MAXLEN,
-                      approximate=True)
-        await pipe.execute()
+        await self._queue_commands(client.pipeline(transaction=False), events).execute()
 
     def finish(self, events: Sequence[dict[str, Any]]) -> None:
         """After `publish_now`: enqueue the backfills and mark the events published."""
@@ -61,15 +56,18 @@ class Relay:
             return len(events)
 
     def _publish(self, events: Sequence[dict[str, Any]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        self._queue_commands(self.redis.pipeline(transaction=False), events).execute()
+        self._enqueue_backfills(events)
+        self._log(events)
+
+    def _queue_commands(self, pipe: P, events: Sequence[dict[str, Any]]) -> P:
+        # The same commands for the sync and the asyncio pipeline: PUBLISH, then XADD.
         for event in events:
             body = orjson.dumps(event)
             pipe.publish(self.keys.events, body)
             pipe.xadd(self.keys.events_stream, {"event": body}, maxlen=EVENTS_STREAM_MAXLEN,
                       approximate=True)
-        pipe.execute()
-        self._enqueue_backfills(events)
-        self._log(events)
+        return pipe
 
     def _enqueue_backfills(self, events: Sequence[dict[str, Any]]) -> None:
         created = [e for e in events if e["event_type"] == EventType.CREATED.value]

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 
+from tests.run import RUN_ID, RUN_SUFFIX
+
 os.environ.setdefault(
-    "DATABASE_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker_test"
+    "DATABASE_URL", f"postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker_test{RUN_SUFFIX}"
 )
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
-os.environ.setdefault("TICKER_REDIS_PREFIX", "ticker:test")
+os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{15 - 2 * RUN_ID}")
+os.environ.setdefault("TICKER_REDIS_PREFIX", f"ticker:test{RUN_SUFFIX}")
 os.environ.setdefault("HOLDER_HTTP_PORT", "0")
 os.environ.pop("CELERY_BROKER_URL", None)
 os.environ.pop("CELERY_RESULT_BACKEND", None)
@@ -28,7 +30,7 @@ from ticker_worker.bootstrap import Runtime, set_runtime
 from ticker_worker.config import Settings, get_settings
 from ticker_worker.db import migrate
 
-TABLES = "subscriptions, outbox, candles, instruments, accounts"
+TABLES = "subscriptions, outbox, candles, instruments, accounts, holder_lease, holders"
 
 INSTRUMENTS = [
     # token, exchange_token, tradingsymbol, name, last_price, expiry, strike, tick, lot, type, seg, exch

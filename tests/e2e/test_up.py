@@ -31,14 +31,15 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests.procs import free_port, wait_for
+from tests.run import RUN_ID, RUN_SUFFIX
 from ticker_worker.cli.up import Ports, flower_credentials, want_simulator
 from ticker_worker.config import KITE_WS_ROOT, Settings
 from ticker_worker.db.accounts import AccountRow
 
 pytestmark = pytest.mark.e2e
-DB_NAME = "ticker_worker_up_test"
-REDIS_DB = 14
-PREFIX = "ticker:uptest"
+DB_NAME = f"ticker_worker_up_test{RUN_SUFFIX}"
+REDIS_DB = 14 - 2 * RUN_ID
+PREFIX = f"ticker:uptest{RUN_SUFFIX}"
 TOKEN = 256265
 
 

@@ -11,6 +11,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
+from tests.run import RUN_SUFFIX
 from ticker_worker.config import Settings
 from ticker_worker.db import migrate
 from ticker_worker.db.models import Base
@@ -28,7 +29,7 @@ CONTRACT = {
 
 @pytest.fixture
 def empty_db(settings: Settings) -> Iterator[str]:
-    url = make_url(settings.database_url).set(database="ticker_worker_migrations_test")
+    url = make_url(settings.database_url).set(database=f"ticker_worker_migrations_test{RUN_SUFFIX}")
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))

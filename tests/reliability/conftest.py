@@ -26,13 +26,14 @@ from tests.conftest import TABLES, insert_instruments
 from tests.e2e.stack import Holder, Listener, Sim, holder_env
 from tests.procs import VENV_BIN, Proc, wait_for
 from tests.reliability.servers import PostgresCluster, RedisServer, discard, tail
+from tests.run import RUN_SUFFIX
 from ticker_worker.db import migrate
 from ticker_worker.db.engine import make_engine
 from ticker_worker.keys import RedisKeys
 
-PREFIX = "ticker:rel"
+PREFIX = f"ticker:rel{RUN_SUFFIX}"
 KEYS = RedisKeys(PREFIX)
-RELIABILITY_DB = "ticker_worker_reliability"
+RELIABILITY_DB = f"ticker_worker_reliability{RUN_SUFFIX}"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -154,3 +154,33 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     published_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class HolderLease(Base):
+    """The active holder's lease: one row, judged by the database's clock, fencing by epoch.
+
+    Whoever holds an unexpired lease is the active holder; a standby takes an expired one and
+    increments `epoch`, so every write a stale holder tries (conditional on its epoch) is refused.
+    """
+
+    __tablename__ = "holder_lease"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder_id: Mapped[str] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[datetime] = mapped_column(TZ)
+    acquired_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+
+
+class HolderProcess(Base):
+    """Every running holder process, active or standby, as `status` shows it."""
+
+    __tablename__ = "holders"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(Text, server_default="standby")
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    seen_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())

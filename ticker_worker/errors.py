@@ -63,3 +63,11 @@ class HistoricalAccessDenied(TickerWorkerError):
 
 class RateLimitTimeout(InfrastructureError):
     """Raised when a shared rate-limit slot does not free up in time; the task retries later."""
+
+
+class Fenced(TickerWorkerError):
+    """Raised when a holder's write is refused because its epoch no longer holds the lease."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"epoch {epoch} no longer holds the lease: another holder took over")
+        self.epoch = epoch

@@ -43,6 +43,10 @@ class RedisKeys:
         """The holder's state snapshot (JSON), with a TTL so a dead holder reads as absent."""
         return f"{self.prefix}:holder:state"
 
+    def holder_alive(self, holder_id: str) -> str:
+        """One holder's presence (value: its role), with a TTL of one lease; `*` matches all."""
+        return f"{self.prefix}:holder:alive:{holder_id}"
+
     def historical_bucket(self, api_key_hash: str) -> str:
         """Shared rate-limit bucket for one account's historical API calls."""
         return f"{self.prefix}:ratelimit:historical:{api_key_hash}"

@@ -63,3 +63,12 @@ class HistoricalAccessDenied(TickerWorkerError):
 
 class RateLimitTimeout(InfrastructureError):
     """Raised when a shared rate-limit slot does not free up in time; the task retries later."""
+
+
+class SecretKeyError(TickerWorkerError):
+    """Raised when TICKER_SECRET_KEY is missing, malformed, or not the key a secret was saved with.
+    """
+
+
+class LoginError(TickerWorkerError):
+    """Raised when the daily Kite login cannot complete (no api secret, Kite refused, timeout)."""

@@ -4,7 +4,7 @@ Selenium drives Debian's `chromium` through Debian's `chromedriver` (same build,
 match; `scripts/ensure-chromium.sh` installs both). Selenium is given both paths, so its own
 driver manager never tries to download anything. Use it from a test module with
 
-    from tests.browser import browser, screenshot  # noqa: F401  (fixture)
+    from tests.browser import screenshot  # the `browser` fixture comes from tests/conftest.py
 
     def test_page(browser):
         browser.get("http://127.0.0.1:5555/")

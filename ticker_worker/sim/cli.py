@@ -36,6 +36,11 @@ def _accounts(values: tuple[str, ...]) -> dict[str, str] | None:
     help="Accept only these api_key:access_token pairs (repeatable). Default: any pair.",
 )
 @click.option("--no-rate-limits", is_flag=True, help="Disable the per-key REST rate limits.")
+@click.option(
+    "--slow-consumer-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+    help="Close a connection whose client has read nothing for this many seconds while a "
+         "send waits.",
+)
 def sim(
     host: str,
     port: int,
@@ -44,10 +49,11 @@ def sim(
     heartbeat_interval: float,
     accounts: tuple[str, ...],
     no_rate_limits: bool,
+    slow_consumer_timeout: float,
 ) -> None:
     """Run the Kite simulator: ticker WebSocket and REST API on one port."""
     run(SimConfig(
         host=host, port=port, seed=seed, tick_interval=tick_interval,
         heartbeat_interval=heartbeat_interval, accounts=_accounts(accounts),
-        rate_limits=not no_rate_limits,
+        rate_limits=not no_rate_limits, slow_consumer_timeout=slow_consumer_timeout,
     ))

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from ticker_worker.bootstrap import Runtime
-from ticker_worker.holder import snapshot
+from ticker_worker.holder import mock_ticks, snapshot
 from ticker_worker.holder.http import build_app
 from ticker_worker.holder.service import Holder
 
@@ -79,6 +79,9 @@ class Supervisor:
                 ("tick-times", holder.tick_times_loop()), ("stats", holder.stats_loop()),
                 ("snapshot", self.snapshot_loop()))
         }
+        if self.rt.settings.mock_outside_market_hours:
+            mock = mock_ticks.from_runtime(self.rt, holder.aredis).run()
+            loops.add(asyncio.create_task(mock, name="mock-ticks"))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

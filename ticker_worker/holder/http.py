@@ -34,15 +34,20 @@ class HolderCollector(Collector):
                                         labels=["account", "connection"])
         reconnects = CounterMetricFamily("ticker_connection_reconnects", "Reconnect attempts",
                                          labels=["account", "connection"])
+        expiry = GaugeMetricFamily("ticker_account_token_expiry_seconds",
+                                   "Seconds until the access token expires (06:00 IST)",
+                                   labels=["account"])
         for a in ticker["accounts"]:
             healthy.add_metric([a["name"]], 1.0 if a["healthy"] else 0.0)
             used.add_metric([a["name"]], a["used"])
+            if a.get("token_expires_in") is not None:
+                expiry.add_metric([a["name"]], a["token_expires_in"])
             for c in a["connections"]:
                 labels = [a["name"], str(c["index"])]
                 conn_up.add_metric(labels, 1.0 if c["connected"] else 0.0)
                 conn_tokens.add_metric(labels, c["tokens"])
                 reconnects.add_metric(labels, c["reconnects"])
-        yield from (healthy, used, conn_up, conn_tokens, reconnects)
+        yield from (healthy, used, expiry, conn_up, conn_tokens, reconnects)
         yield CounterMetricFamily("ticker_ticks", "Ticks published", value=ticker["ticks_total"])
         yield CounterMetricFamily("ticker_publish_failures", "Frames Redis did not take",
                                   value=ticker["publish_failures"])

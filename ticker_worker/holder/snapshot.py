@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ticker_worker.db.accounts import expiry_fields
 from ticker_worker.holder.service import Holder
 
 
@@ -32,8 +33,20 @@ def accounts(holder: Holder) -> list[dict[str, Any]]:
                 "disabled" if not state.row.enabled else state.row.unhealthy_reason
                 or "access token rejected (403)"),
             "capacity": capacity, "used": sum(c["tokens"] for c in conns), "connections": conns,
+            **expiry_fields(state.row.token_expires_at),
         })
     return result
+
+
+EXPIRY_WARNING = 3600  # seconds: /health warns in the last hour of an account's token
+
+
+def warnings(accts: list[dict[str, Any]]) -> list[str]:
+    """What an operator should act on soon: tokens in their last hour (log in again)."""
+    return [f"account {a['name']}: access token expires in {a['token_expires_in'] // 60} min "
+            f"(at {a['token_expires_at']}); run `ticker-worker accounts login {a['name']}`"
+            for a in accts if a["token_expires_in"] is not None
+            and 0 < a["token_expires_in"] <= EXPIRY_WARNING]
 
 
 def is_healthy(holder: Holder, accts: list[dict[str, Any]]) -> bool:
@@ -50,6 +63,7 @@ def build(holder: Holder, tick_rate: float) -> dict[str, Any]:
     age = holder.ticks.last_tick_age()
     return {
         "status": "healthy" if healthy else "unhealthy",
+        "warnings": warnings(accts),
         "environment": holder.settings.environment,
         "updated_at": time.time(),
         "ticker": {

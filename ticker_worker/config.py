@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     tick_flush_interval: float = Field(default=1.0, gt=0)
     last_tick_flush_interval: float = Field(default=15.0, gt=0)
     subscribe_batch_size: int = Field(default=1000, ge=1, le=3000)
+    # A new subscription's first tick is its acknowledgement: re-sent once after this long,
+    # then shown as awaiting its first tick (DESIGN 3.7).
+    ack_timeout: float = Field(default=3.0, gt=0)
+    # The active holder's lease in Postgres: a standby takes over once it has not been renewed
+    # for this long (judged by the database's clock).
+    lease_ttl: float = Field(default=3.0, gt=0.5)
 
     # Backfill defaults.
     backfill_interval: str = "minute"

@@ -55,6 +55,10 @@ class RedisKeys:
         """Held while a backfill task runs, so a concurrent duplicate waits and retries."""
         return f"{self.prefix}:backfill:lock:{task_id}"
 
+    def holder_alive(self, holder_id: str) -> str:
+        """One holder's presence (value: its role), with a TTL of one lease; `*` matches all."""
+        return f"{self.prefix}:holder:alive:{holder_id}"
+
     def historical_bucket(self, api_key_hash: str) -> str:
         """Shared rate-limit bucket for one account's historical API calls."""
         return f"{self.prefix}:ratelimit:historical:{api_key_hash}"

@@ -121,6 +121,8 @@ class Subscription(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(BigInteger, server_default="1")
     observed_generation: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Status transitions so far; with the generation it derives each event's id.
+    transitions: Mapped[int] = mapped_column(BigInteger, server_default="0")
     requested_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     activated_at: Mapped[datetime | None] = mapped_column(TZ)
     removed_at: Mapped[datetime | None] = mapped_column(TZ)

@@ -134,8 +134,13 @@ class MockTicks:
                 self._unpriced.add(token)
 
 
-def from_runtime(rt: Runtime, aredis: aioredis.Redis) -> MockTicks:
-    """Mock ticks wired to this process: wanted rows and last prices from Postgres, Redis out."""
+def from_runtime(
+    rt: Runtime, aredis: aioredis.Redis, may_publish: Callable[[], bool]
+) -> MockTicks:
+    """Mock ticks wired to this process: wanted rows and last prices from Postgres, Redis out.
+
+    Only the active holder publishes (`may_publish`: the lease), as for real ticks.
+    """
 
     def wanted() -> Mapping[int, str]:
         with rt.engine.connect() as conn:
@@ -146,6 +151,7 @@ def from_runtime(rt: Runtime, aredis: aioredis.Redis) -> MockTicks:
             return candles.last_prices(conn, list(tokens))
 
     async def publish(body: bytes) -> None:
-        await aredis.publish(rt.keys.ticks, body)
+        if may_publish():
+            await aredis.publish(rt.keys.ticks, body)
 
     return MockTicks(rt.settings, wanted, last_prices, publish)

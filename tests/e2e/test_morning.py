@@ -6,10 +6,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import datetime, time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from kiteconnect import KiteConnect
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine
 
+from tests.browser import screenshot
 from tests.e2e import morning
 from tests.e2e.stack import Holder, Listener, Sim, holder_env, sub_rows, wait_status
 from tests.procs import wait_for
@@ -62,6 +68,76 @@ def test_login_expiry_and_login_again(
         wait_for(lambda: all(ticked(listener, keys, t) for t in watched), 20, "ticks again")
         assert account_row(engine).healthy
         assert {r.account for t, r in sub_rows(engine).items() if t in watched} == {"acct1"}
+    finally:
+        holder.stop()
+
+
+def chromium_browser(driver: WebDriver) -> morning.Browser:
+    """The browser's part in headless Chromium: open the URL, fill the form, submit."""
+
+    def browse(url: str) -> str:
+        driver.get(url)
+        screenshot(driver, "kite-sim-login-page")
+        driver.find_element(By.ID, "userid").send_keys("AB1234")
+        driver.find_element(By.ID, "password").send_keys("not-checked")
+        driver.find_element(By.ID, "totp").send_keys("123456")
+        driver.find_element(By.ID, "login").click()
+        WebDriverWait(driver, 30).until(
+            lambda d: d.current_url.startswith(morning.REDIRECT) and d.find_elements(
+                By.ID, "result"))
+        screenshot(driver, "kite-login-callback")
+        text: str = driver.find_element(By.ID, "result").text
+        return text
+
+    return browse
+
+
+def test_the_whole_morning_in_headless_chromium(
+    engine: Engine, sim: Sim, stocks: list[int], listener: Listener, keys: RedisKeys,
+    browser: WebDriver,
+) -> None:
+    morning.add_account(sim)
+    holder = Holder(holder_env(sim))
+    try:
+        watched = stocks[:2]
+        commands.subscribe_many(engine, watched, "full")
+        wait_status(engine, watched, "queued")
+        page = morning.log_in(sim, chromium_browser(browser))
+        assert "acct1 logged in" in page
+        assert "request_token=" in browser.current_url  # Kite's redirect, as the app sees it
+        wait_status(engine, watched, "active")
+        wait_for(lambda: all(ticked(listener, keys, t) for t in watched), 20, "ticks")
+        doc = wait_for(lambda: (holder.health() or {}).get("status") == "healthy"
+                       and holder.health(), 20, "a healthy holder")
+        assert [a["healthy"] for a in doc["ticker"]["accounts"]] == [True]  # type: ignore[index]
+    finally:
+        holder.stop()
+
+
+def test_a_request_token_pasted_from_the_address_bar(
+    engine: Engine, sim: Sim, stocks: list[int], listener: Listener, keys: RedisKeys,
+    browser: WebDriver,
+) -> None:
+    morning.add_account(sim)
+    holder = Holder(holder_env(sim))
+    try:
+        watched = stocks[:2]
+        commands.subscribe_many(engine, watched, "quote")
+        wait_status(engine, watched, "queued")
+        # Nothing listens on the callback: the browser shows an error page, and the operator
+        # copies the request token from its address bar.
+        kite = KiteConnect(morning.KEY, root=sim.http)
+        kite._default_login_uri = sim.http + "/connect/login"
+        browser.get(kite.login_url())
+        for field, value in (("userid", "AB1234"), ("password", "pw"), ("totp", "123456")):
+            browser.find_element(By.ID, field).send_keys(value)
+        browser.find_element(By.ID, "login").click()
+        WebDriverWait(browser, 30).until(lambda d: "request_token=" in d.current_url)
+        token = parse_qs(urlsplit(browser.current_url).query)["request_token"][0]
+        done = morning.accounts_cli(sim, "login", "acct1", "--request-token", token)
+        assert done.returncode == 0, done.stderr
+        wait_status(engine, watched, "active")
+        wait_for(lambda: all(ticked(listener, keys, t) for t in watched), 20, "ticks")
     finally:
         holder.stop()
 

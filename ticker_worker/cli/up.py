@@ -124,6 +124,7 @@ class Stack:
              embedded.run_redis),
         ):
             choice = embedded.decide(name, default, port, force, before)
+            self.step(1, f"{name.split('_')[0].title()}: {choice.why}")
             if choice.embedded:
                 supervise.state_folder(self.state_dir)
                 self.step(1, run(self.sup, self.state_dir, choice.url, READY_TIMEOUT))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
+import pytest
 import redis
 from celery import Celery
 from kombu import Connection
 
 from tests.brokers import purge
+from tests.reliability.servers import RedisServer
 
 
 @dataclass
@@ -64,3 +67,11 @@ def make_broker(kind: str, redis_url: str, rabbitmq_url: str | None) -> Broker:
     assert rabbitmq_url is not None
     purge(rabbitmq_url)
     return Broker(kind, rabbitmq_url, redis_url, "ticker_worker")
+
+
+@pytest.fixture
+def broker(broker_kind: str, redis_server: RedisServer, rredis: Any,
+           request: pytest.FixtureRequest) -> Broker:
+    """The test's broker (it runs once per broker), empty; results on the private Redis."""
+    amqp = request.getfixturevalue("rabbitmq_url") if broker_kind == "rabbitmq" else None
+    return make_broker(broker_kind, redis_server.url, amqp)

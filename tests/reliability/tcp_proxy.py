@@ -47,7 +47,10 @@ class TcpProxy:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
-                conn.close()
+                # shutdown() first: close() alone does not end a socket that a pipe thread is
+                # blocked reading, and the broker would keep the connection open.
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
 
     def close(self) -> None:
         self.cut()

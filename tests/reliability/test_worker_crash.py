@@ -29,22 +29,14 @@ from celery import Celery
 from sqlalchemy import Engine, text
 
 from tests.procs import VENV_BIN, Proc, wait_for
-from tests.reliability.brokers import Broker, make_broker
+from tests.reliability.brokers import Broker
 from tests.reliability.conftest import Stack, load_registry
-from tests.reliability.servers import RedisServer
 
 pytestmark = pytest.mark.e2e
 REDIS_LOSES_IT = pytest.mark.xfail(strict=True, reason=(
     "kombu's Redis transport (not ticker_worker code) pops a message with BRPOP and only then "
     "records it in `unacked`; a worker SIGKILLed between the two loses that task for good, so "
     "with the Redis broker 'every task sent is eventually applied' does not hold for it"))
-
-
-@pytest.fixture
-def broker(broker_kind: str, redis_server: RedisServer, rredis: Any,
-           request: pytest.FixtureRequest) -> Broker:
-    amqp = request.getfixturevalue("rabbitmq_url") if broker_kind == "rabbitmq" else None
-    return make_broker(broker_kind, redis_server.url, amqp)
 
 
 @pytest.fixture

@@ -1,0 +1,377 @@
+"""Hand-written fakes of the holder core's ports (holder/ports.py), and a loop that runs the core
+until it is idle: no sleeps, no servers, time turned by hand.
+
+FakeLink behaves toward the core as kite/ticker.py's TickerConnection does; FakeKite is the
+exchange's side of every socket and keeps one journal of what crossed the wire, in order, with
+what each connection held after each message, so a test can check Kite's caps at every point and
+the order of things across connections. The store lives in fake_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.unit.fake_store import FakeStore, Row
+from ticker_worker.config import Settings
+from ticker_worker.core.acks import AckBook
+from ticker_worker.core.placement import Slot
+from ticker_worker.core.reconcile import Plan
+from ticker_worker.core.wire import Message
+from ticker_worker.holder.core import HolderCore
+from ticker_worker.kite.codec import encode_frame, encode_ltp, frame_tokens
+
+
+class ManualClock:
+    """Both of the core's clocks, moved only by `advance`."""
+
+    def __init__(self) -> None:
+        self.wall = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+        self.mono = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def time(self) -> float:
+        return self.wall
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class FakePublisher:
+    """Collects what the core publishes."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def publish(self, events: list[dict[str, Any]]) -> None:
+        self.events += events
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event_type"] == event_type]
+
+
+class FakeTicks:
+    """The TickPipeline as the core sees it: frames in, each token's last tick time out."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.last_tick: dict[int, float] = {}
+        self.awaiting_first: set[int] = set()
+        self.first_seen: dict[int, float] = {}
+
+    async def put(self, frame: bytes) -> None:
+        now = self.clock.time()
+        for token in frame_tokens(frame):
+            self.last_tick[token] = now
+            if token in self.awaiting_first:
+                self.awaiting_first.discard(token)
+                self.first_seen[token] = now
+
+    def expect_first(self, tokens: list[int]) -> None:
+        self.awaiting_first.update(tokens)
+
+    def forget(self, tokens: list[int]) -> None:
+        for token in tokens:
+            self.last_tick.pop(token, None)
+            self.awaiting_first.discard(token)
+            self.first_seen.pop(token, None)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing that crossed a socket. `kind`: apply, resend or resubscribe (a control message
+    from the holder, `action` subscribe/unsubscribe/mode), tick, connect, drop or stop.
+    `held`: the tokens Kite had on that socket right after it."""
+
+    slot: Slot
+    kind: str
+    action: str = ""
+    tokens: tuple[int, ...] = ()
+    mode: str | None = None
+    held: int = 0
+
+
+class FakeKite:
+    """The exchange side of every connection, and the LinkFactory that opens them."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.links: dict[Slot, FakeLink] = {}
+        self.journal: list[Entry] = []
+
+    def open_link(self, account: str, index: int, credentials: Callable[[], Any],
+                  events: Any) -> FakeLink:
+        link = FakeLink(self, account, index, events)
+        self.links[(account, index)] = link
+        return link
+
+    def sent(self, slot: Slot | None = None) -> list[Entry]:
+        """Control messages, in send order (on `slot` only, when given)."""
+        return [e for e in self.journal if e.action and (slot is None or e.slot == slot)]
+
+    def peak(self, slot: Slot) -> int:
+        """The most tokens Kite held on `slot` at any point."""
+        return max((e.held for e in self.journal if e.slot == slot), default=0)
+
+    def first(self, slot: Slot, kind: str, token: int, action: str = "") -> int:
+        """The journal position of the first `kind` (and `action`) entry naming `token`."""
+        for i, e in enumerate(self.journal):
+            if e.slot == slot and e.kind == kind and e.action == action and token in e.tokens:
+                return i
+        raise AssertionError(f"no {kind} {action} of {token} on {slot}")
+
+    def holding(self, token: int) -> list[Slot]:
+        """The connections on which Kite streams `token` now."""
+        return [s for s, link in self.links.items() if token in link.wire]
+
+
+class FakeLink:
+    """One ticker connection: the core's side (`tokens`, `acks`, `cap`) kept exactly as
+    TickerConnection keeps it; the exchange's side (`wire`) moved only by what is sent."""
+
+    def __init__(self, kite: FakeKite, account: str, index: int, events: Any) -> None:
+        self.kite, self.clock, self.events = kite, kite.clock, events
+        self.account, self.index = account, index
+        self.tokens: dict[int, str] = {}
+        self.acks = AckBook()
+        self.cap: int | None = None
+        self.connected = self.auth_failed = self.stopped = False
+        self.reconnects = self.refusals = 0
+        self.last_message_at = 0.0
+        self.wire: dict[int, str] = {}
+
+    @property
+    def slot(self) -> Slot:
+        return self.account, self.index
+
+    def _note(self, kind: str, action: str = "", tokens: Sequence[int] = (),
+              mode: str | None = None) -> None:
+        self.kite.journal.append(Entry(self.slot, kind, action, tuple(tokens), mode,
+                                       len(self.wire)))
+
+    def _send(self, kind: str, action: str, tokens: Sequence[int], mode: str | None) -> None:
+        if action == "subscribe":
+            self.wire.update(dict.fromkeys(tokens, "quote"))  # Kite's default mode
+        elif action == "unsubscribe":
+            for t in tokens:
+                self.wire.pop(t, None)
+        else:
+            self.wire.update((t, mode or "") for t in tokens if t in self.wire)
+        self._note(kind, action, tokens, mode)
+
+    def _picture(self, kind: str, tokens: Sequence[int]) -> None:
+        by_mode: dict[str, list[int]] = {}
+        for t in tokens:
+            by_mode.setdefault(self.tokens[t], []).append(t)
+        for mode, group in by_mode.items():
+            self._send(kind, "subscribe", group, None)
+            self._send(kind, "mode", group, mode)
+
+    # ---- the Link port ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connects at once (a real one connects in the background and resubscribes)."""
+        if not self.connected:
+            self.reconnect()
+
+    async def stop(self) -> None:
+        self.connected, self.stopped = False, True
+        self.wire.clear()
+        self._note("stop")
+
+    async def apply(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            if m.action == "unsubscribe":
+                for t in m.tokens:
+                    self.tokens.pop(t, None)
+                self.acks.forget(m.tokens)
+            elif m.action == "subscribe":
+                self.tokens.update(dict.fromkeys(m.tokens, "quote"))
+            else:
+                self.tokens.update((t, m.mode or "quote") for t in m.tokens if t in self.tokens)
+        if self.cap is not None and len(self.tokens) < self.cap:
+            self.cap = None
+        if not self.connected:
+            return  # sent in full on the next connect
+        for m in messages:
+            if m.action == "subscribe":
+                self.acks.sent(m.tokens, self.clock.monotonic())
+            self._send("apply", m.action, m.tokens, m.mode)
+
+    async def resend(self, tokens: list[int]) -> None:
+        if self.connected:
+            self._picture("resend", [t for t in tokens if t in self.tokens])
+
+    # ---- what Kite and the network do -------------------------------------------------------
+
+    async def tick(self, tokens: Sequence[int] | None = None) -> list[int]:
+        """A market-data frame with `tokens` (default: all Kite holds here); the ones it
+        acknowledges go to the core first, as TickerConnection._read does."""
+        assert self.connected, f"{self.slot} is not connected"
+        tokens = list(self.wire) if tokens is None else list(tokens)
+        assert set(tokens) <= set(self.wire), f"{self.slot} does not stream {tokens}"
+        self.last_message_at = self.clock.monotonic()
+        acked = self.acks.seen(tokens) if self.acks.unacked else []
+        self._note("tick", tokens=tokens)
+        if acked:
+            self.events.on_acked(self, acked)
+        if tokens:
+            await self.events.on_frame(self, encode_frame([encode_ltp(t, 100.0) for t in tokens]))
+        return acked
+
+    def refuse(self, tokens: Sequence[int], reason: str) -> list[int]:
+        """Kite's error frame about `tokens`, settled as TickerConnection._settle_refusal does:
+        the ones still unacknowledged leave the connection, which now counts as full."""
+        refused = [t for t in tokens if t in self.acks.unacked and t in self.tokens]
+        for t in refused:
+            self.tokens.pop(t, None)
+            self.wire.pop(t, None)
+        self.acks.forget(refused)
+        self.cap = len(self.tokens)
+        self.refusals += len(refused)
+        self._note("refuse", tokens=refused)
+        if refused:
+            self.events.on_refused(self, refused, f"refused by Kite: {reason}")
+        return refused
+
+    def drop(self, reason: str = "dropped") -> None:
+        """The socket is lost (TickerConnection._lost)."""
+        was_connected = self.connected
+        self.connected = False
+        self.wire.clear()
+        self.acks.clear()
+        self.cap = None
+        self._note("drop")
+        if was_connected:
+            self.events.on_lost(self, reason)
+        self.reconnects += 1
+
+    def reject_auth(self) -> None:
+        """Kite answers the (re)connect with 403."""
+        self.auth_failed = True
+        self.drop("auth")
+        self.events.on_auth_rejected(self)
+
+    def reconnect(self) -> None:
+        """Connected again: the whole picture is sent, then the core hears of it."""
+        self.connected = True
+        self.last_message_at = self.clock.monotonic()
+        self._note("connect")
+        self._picture("resubscribe", list(self.tokens))
+        self.acks.sent(self.tokens, self.clock.monotonic())
+        self.events.on_connected(self)
+
+
+class Asks:
+    """The core's `ask` callback: remembers that another pass was asked for, and if full."""
+
+    def __init__(self) -> None:
+        self.pending: bool | None = None
+
+    def __call__(self, full: bool) -> None:
+        self.pending = bool(self.pending) or full
+
+    def take(self) -> bool | None:
+        """None when nothing was asked; else whether a full pass was."""
+        taken, self.pending = self.pending, None
+        return taken
+
+
+@dataclass
+class Harness:
+    """A HolderCore wired to fakes; `per_conn` and `max_conns` are Kite's caps, made small."""
+
+    per_conn: int = 5
+    max_conns: int = 1
+    accounts: Sequence[str] = ("a",)
+    ack_timeout: float = 2.0
+    batch_size: int = 1000
+    clock: ManualClock = field(default_factory=ManualClock)
+    store: FakeStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = FakeStore(self.clock)
+            for name in self.accounts:
+                self.store.add_account(name)
+        self.db: FakeStore = self.store
+        self.settings = Settings(_env_file=None, max_tokens_per_connection=self.per_conn,
+                                 max_connections_per_account=self.max_conns,
+                                 ack_timeout=self.ack_timeout,
+                                 subscribe_batch_size=self.batch_size)
+        self.kite = FakeKite(self.clock)
+        self.publisher = FakePublisher()
+        self.ticks = FakeTicks(self.clock)
+        self.asks = Asks()
+        self.core = HolderCore(self.settings, self.db, self.kite.open_link, self.publisher,
+                               self.ticks, self.clock, self.asks)
+
+    def link(self, account: str = "a", index: int = 0) -> FakeLink:
+        return self.kite.links[(account, index)]
+
+    def row(self, token: int) -> Row:
+        return self.db.rows[token]
+
+    def assert_streaming(self) -> None:
+        """No connection ever held more than `per_conn` tokens nor an account more than
+        `max_conns` connections; every active row streams on exactly its recorded connection,
+        and nothing else streams."""
+        for slot in self.kite.links:
+            assert self.kite.peak(slot) <= self.per_conn, f"{slot}: {self.kite.peak(slot)} held"
+        for name in self.db.account_rows:
+            assert sum(s[0] == name for s in self.kite.links) <= self.max_conns
+        active = {t: (r.account, r.connection) for t, r in self.db.rows.items()
+                  if r.wanted and r.status == "active"}
+        for token, slot in active.items():
+            assert self.kite.holding(token) == [slot], f"{token} recorded on {slot}"
+        streamed = {t for link in self.kite.links.values() for t in link.wire}
+        assert streamed == set(active), f"streamed but not active: {streamed - set(active)}"
+
+    async def full(self) -> list[Plan]:
+        """A timer pass (every wanted row), then whatever the core asks for, until idle."""
+        return await run_until_idle(self.core, full=True)
+
+    async def nudge(self, *tokens: int) -> list[Plan]:
+        """A pass for the rows the commands' nudges named (all dirty rows when none)."""
+        return await run_until_idle(self.core, full=False, tokens=set(tokens) or None)
+
+    async def idle(self) -> list[Plan]:
+        """The pass the core asked for (a nudge pass when it asked for none), until idle."""
+        return await run_until_idle(self.core, full=bool(self.asks.take()))
+
+    async def tick_all(self) -> None:
+        """Every connected link ticks everything Kite holds on it."""
+        for link in list(self.kite.links.values()):
+            if link.connected and link.wire:
+                await link.tick()
+
+
+async def run_until_idle(core: HolderCore, full: bool = False, tokens: set[int] | None = None,
+                         limit: int = 50) -> list[Plan]:
+    """Run `core.reconcile` passes while the core asks for more, then `core.settle()`, until
+    neither asks for another pass; return every pass's plan. `core.ask` must be an Asks."""
+    asks = core.ask
+    assert isinstance(asks, Asks), "build the core with an Asks as its `ask`"
+    plans = [await core.reconcile(full, tokens)]
+    for _ in range(limit):
+        await _background(core)
+        wanted = asks.take()
+        if wanted is None:
+            await core.settle()
+            await _background(core)
+            wanted = asks.take()
+            if wanted is None:
+                return plans
+        plans.append(await core.reconcile(wanted, None))
+    raise AssertionError(f"the core still asks for passes after {limit} of them")
+
+
+async def _background(core: HolderCore) -> None:
+    """Let the core's background tasks (marking an account unhealthy) finish."""
+    while core._tasks:
+        await asyncio.gather(*list(core._tasks), return_exceptions=True)

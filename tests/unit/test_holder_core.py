@@ -229,3 +229,17 @@ async def test_refused_tokens_with_no_room_are_queued_with_kites_reason() -> Non
     await h.tick_all()
     assert h.db.by_status("active") == [2, 3, 4]
     h.assert_streaming()
+
+
+async def test_a_move_refused_where_it_went_and_queued_lets_go_of_the_old_connection() -> None:
+    h = Harness(per_conn=2, max_conns=1, accounts=("a", "b"))
+    await start(h, 1, 2, 3)  # a: 1, 3; b: 2
+    h.db.set_health("a", False)
+    await h.full()  # 1 moves to b (a still streams it until b confirms); 3 finds no room
+    assert 1 in h.link("a").wire and h.row(3).status == "queued"
+    h.link("b").refuse([1], REFUSAL)
+    await h.idle()
+    assert (h.row(1).status, h.row(1).reason) == ("queued", f"refused by Kite: {REFUSAL}")
+    await h.full()
+    h.assert_streaming()  # a queued instrument streams nowhere
+    assert h.link("a").stopped

@@ -219,3 +219,38 @@ async def test_a_retried_record_repeats_every_event_id() -> None:
         again += [e["event_id"] for e in await h.db.record(plan, {})]
     assert again == first and len(h.db.outbox) == 11
     assert [t for t, _ in sorted(h.db.rows.items()) if h.row(t).status == "active"] == [1, 3, 4]
+
+
+async def test_a_gap_ends_when_its_instrument_loses_its_place_however_it_lost_it() -> None:
+    h = Harness()  # a connection refused at the handshake, no other account: queued
+    await start(h, 1)
+    h.clock.advance(1.0)
+    h.link().reject_auth()
+    await h.idle()
+    assert h.row(1).status == "queued" and gaps(h)[1]["gap_end"] == iso(h.clock.time())
+    first = Harness()  # a new holder finds no room for what the last one streamed: queued
+    await start(first, 2, 3)
+    first.db.set_health("a", False)
+    h = Harness(store=first.db, clock=first.clock)
+    assert await h.core.resume() == 2
+    h.clock.advance(1.0)
+    await h.full()
+    assert h.db.by_status("queued") == [2, 3]
+    assert {t: g["gap_end"] for t, g in gaps(h).items()} == {2: iso(h.clock.time()),
+                                                              3: iso(h.clock.time())}
+    assert h.core.gaps.open == {}
+
+
+async def test_an_instrument_removed_while_queued_ends_its_gap() -> None:
+    first = Harness(accounts=("a", "b"))
+    await start(first, 1)
+    first.db.set_health("a", False)
+    first.db.set_health("b", False)
+    h = Harness(store=first.db, clock=first.clock)
+    await h.core.resume()
+    await h.full()
+    h.clock.advance(1.0)
+    h.db.unsubscribe(1)
+    await h.nudge(1)
+    assert h.row(1).status == "removed" and sorted(gaps(h)) == [1]
+    assert h.core.gaps.open == {}

@@ -31,6 +31,15 @@ PASS_LIMIT = 4000  # new rows placed per pass: a bulk change goes in slices
 AUTH_REASON = "access token rejected by Kite (403): run `ticker-worker accounts login` or set-token"
 
 
+def _left(result: Plan) -> list[int]:
+    """Tokens the plan takes off their connections or leaves with none (queued, failed,
+    removed): no new connection will confirm them, so a pending release, an open gap and
+    their tick bookkeeping end now."""
+    return ([t for tokens in result.unsubscribe.values() for t in tokens]
+            + [d.token for d, _ in result.queued] + [d.token for d, _ in result.failed]
+            + [d.token for d in result.removed])
+
+
 class HolderCore:
     """Keeps every wanted instrument streaming on exactly one connection, and says so truly."""
 
@@ -121,13 +130,11 @@ class HolderCore:
         for slot, messages in by_slot.items():
             await self.link(slot).apply(messages)
         self.releases.update(result.release_after_ack)
-        gone = [t for tokens in result.unsubscribe.values() for t in tokens
-                if t not in self.actual]
+        gone = [t for t in dict.fromkeys(_left(result)) if t not in self.actual]
         await self._release([t for t in gone if t in self.releases])
         self.gaps.end(gone, self.clock.time())
         self.ticks.forget(gone)
-        placed = [d.token for d, _ in result.activated]
-        for t in placed:
+        for t in gone + [d.token for d, _ in result.activated]:
             self.refused.pop(t, None)
         self.ticks.expect_first([d.token for d, _ in result.activated if d.status != "active"])
 

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple, Protocol
 
 from ticker_worker.core import outcomes
 from ticker_worker.core.reconcile import Desired, Plan
+from ticker_worker.db import holder as sql
 from ticker_worker.db.accounts import AccountRow
-from ticker_worker.db.holder import PASS_LIMIT
 
 Metadata = dict[int, dict[str, Any]]
 
@@ -65,6 +65,7 @@ class FakeStore:
         self.expired: dict[int, str] = {}  # the instruments table: why a token cannot stream
         self.outbox: dict[str, dict[str, Any]] = {}
         self.records = 0
+        self.failures = 0  # the next this-many writes fail, as with Postgres away
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.time(), UTC)
@@ -80,7 +81,7 @@ class FakeStore:
         if full:
             return [self._desired(r) for r in self.rows.values() if r.wanted or r.dirty], {}
         dirty = sorted((r for r in self.rows.values() if r.dirty), key=lambda r: r.token)
-        dirty = [r for r in dirty if r.token in tokens] if tokens else dirty[:PASS_LIMIT]
+        dirty = [r for r in dirty if r.token in tokens] if tokens else dirty[:sql.PASS_LIMIT]
         return [self._desired(r) for r in dirty], {r.token: self.metadata(r.token) for r in dirty}
 
     def _desired(self, r: Row) -> Desired:
@@ -100,6 +101,7 @@ class FakeStore:
                  + [d.token for d, _ in plan.failed] + [d.token for d in plan.removed]
                  + [d.token for d in plan.settled])
         assert len(named) == len(set(named)), f"a plan names a row twice: {sorted(named)}"
+        self._maybe_fail()
         known = {t: meta.get(t) or self.metadata(t) for t in outcomes.needs_metadata(plan)}
         events = outcomes.events(plan, known, self.now())
         for d, slot in plan.activated:
@@ -112,7 +114,7 @@ class FakeStore:
             self._remove(d)
         for d in plan.settled:
             self._observe(d)
-        await self.record_events(events)
+        self._insert(events)
         self.records += 1
         return events
 
@@ -142,7 +144,16 @@ class FakeStore:
         r.status, r.reason, r.account, r.connection = "removed", None, None, None
         r.removed_at = self.clock.time()
 
+    def _maybe_fail(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the fake database is away")
+
     async def record_events(self, events: list[dict[str, Any]]) -> None:
+        self._maybe_fail()
+        self._insert(events)
+
+    def _insert(self, events: list[dict[str, Any]]) -> None:
         for e in events:  # ON CONFLICT (event_id) DO NOTHING
             self.outbox.setdefault(e["event_id"], e)
 

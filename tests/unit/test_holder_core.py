@@ -243,3 +243,30 @@ async def test_a_move_refused_where_it_went_and_queued_lets_go_of_the_old_connec
     await h.full()
     h.assert_streaming()  # a queued instrument streams nowhere
     assert h.link("a").stopped
+
+
+# ---- passes that fail or are too big for one --------------------------------------------------
+
+
+async def test_a_pass_whose_write_failed_is_recorded_by_the_next_without_sending_again() -> None:
+    h = Harness()
+    h.db.subscribe(1, 2)
+    h.db.failures = 1
+    with pytest.raises(ConnectionError):
+        await h.core.reconcile(False, {1, 2})
+    assert h.db.by_status("pending") == [1, 2] and sorted(h.link().wire) == [1, 2]
+    sent = len(h.kite.sent())
+    await h.full()
+    assert h.db.by_status("active") == [1, 2] and len(h.kite.sent()) == sent
+    assert [e["instrument_token"] for e in h.publisher.events] == [1, 2]
+
+
+async def test_a_bulk_subscribe_is_placed_in_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ticker_worker.holder.core.PASS_LIMIT", 40)
+    monkeypatch.setattr("ticker_worker.db.holder.PASS_LIMIT", 40)
+    h = Harness(per_conn=60, max_conns=2)
+    h.db.subscribe(*range(1, 101))
+    plans = await h.full()
+    assert [len(p.activated) for p in plans if not p.is_empty()] == [40, 40, 20]
+    assert len(h.db.by_status("active")) == 100 and not h.core.placing
+    assert max(h.kite.peak(s) for s in h.kite.links) == 60

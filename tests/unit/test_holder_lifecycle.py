@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.unit.holder_fakes import Harness
 from ticker_worker.core.events import EventType, event_id
 
@@ -254,3 +256,18 @@ async def test_an_instrument_removed_while_queued_ends_its_gap() -> None:
     await h.nudge(1)
     assert h.row(1).status == "removed" and sorted(gaps(h)) == [1]
     assert h.core.gaps.open == {}
+
+
+async def test_a_gap_whose_event_could_not_be_written_is_written_by_the_next_settle() -> None:
+    h = Harness()
+    await start(h, 1)
+    h.link().drop()
+    h.link().reconnect()
+    await h.link().tick()
+    h.db.failures = 1
+    with pytest.raises(ConnectionError):
+        await h.core.settle()
+    assert h.publisher.of_type("stream_gap") == []
+    await h.core.settle()
+    await h.core.settle()
+    assert len(h.publisher.of_type("stream_gap")) == 1 and len(h.db.outbox) == 2

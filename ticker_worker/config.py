@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KITE_API_ROOT = "https://api.kite.trade"
 KITE_WS_ROOT = "wss://ws.kite.trade"
+KITE_LOGIN_URL = "https://kite.zerodha.com/connect/login"
+#: Where `accounts login` listens for Kite's redirect; register it as the app's redirect URL.
+DEFAULT_REDIRECT_URL = "http://127.0.0.1:8766/kite/callback"
 
 
 class Settings(BaseSettings):
@@ -53,6 +56,12 @@ class Settings(BaseSettings):
     backfill_interval: str = "minute"
     backfill_days: int = Field(default=5, ge=1, le=2000)
     historical_rate_per_second: int = Field(default=3, ge=1)
+
+    # Daily login (issue 10): Kite's login page, our callback, the key for api secrets at rest.
+    kite_login_url: str = KITE_LOGIN_URL
+    kite_redirect_url: str = DEFAULT_REDIRECT_URL
+    ticker_secret_key: SecretStr = SecretStr("")
+    mock_outside_market_hours: bool = False
 
     @model_validator(mode="after")
     def _derive_celery_urls(self) -> Settings:

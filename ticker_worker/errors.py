@@ -71,3 +71,12 @@ class Fenced(TickerWorkerError):
     def __init__(self, epoch: int) -> None:
         super().__init__(f"epoch {epoch} no longer holds the lease: another holder took over")
         self.epoch = epoch
+
+
+class SecretKeyError(TickerWorkerError):
+    """Raised when TICKER_SECRET_KEY is missing, malformed, or not the key a secret was saved with.
+    """
+
+
+class LoginError(TickerWorkerError):
+    """Raised when the daily Kite login cannot complete (no api secret, Kite refused, timeout)."""

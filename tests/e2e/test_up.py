@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -27,9 +26,13 @@ import psutil
 import pytest
 import redis
 from celery import Celery
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.browser import basic_auth, screenshot
 from tests.procs import free_port, wait_for
 from tests.run import RUN_ID, RUN_SUFFIX
 from ticker_worker.cli.up import Ports, flower_credentials, want_simulator
@@ -232,9 +235,6 @@ def test_ticks_flow(subscribed: Channels) -> None:
 
 
 def test_candles_backfilled(subscribed: Channels, up_engine: Engine) -> None:
-    if importlib.util.find_spec("ticker_worker.tasks.backfill") is None:
-        pytest.skip("ticker_worker.tasks.backfill does not exist yet: no candles to check")
-
     def candles() -> int:
         with up_engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM candles WHERE instrument_token = "
@@ -242,27 +242,40 @@ def test_candles_backfilled(subscribed: Channels, up_engine: Engine) -> None:
     wait_for(candles, 120, "candles for 256265 in Postgres")
 
 
-def test_flower_lists_tasks_behind_auth(
-    subscribed: Channels, stack: Up, up_env: dict[str, str]
-) -> None:
+def test_flower_lists_tasks_behind_auth(subscribed: Channels, stack: Up) -> None:
     base = f"http://127.0.0.1:{stack.ports['flower']}"
     auth = (stack.state_dir / "flower-credentials").read_text().strip()
     assert get(f"{base}/api/tasks")[0] == 401
-    # Flower knows only the tasks whose events it received: its event consumer can connect a
-    # moment after /healthcheck answers, so repeat the (idempotent) subscribe until it shows.
-    client = Celery(broker=up_env["REDIS_URL"], backend=up_env["REDIS_URL"])
-
-    def listed() -> bool:
+    # `up` reported ready only once Flower heard from the workers, so the one subscribe sent
+    # right after startup is listed: no repeating it.
+    def listed() -> list[Any]:
         status, body = get(f"{base}/api/tasks", auth)
         assert status == 200, body
-        if "ticker_worker.subscribe" in {t["name"] for t in json.loads(body).values()}:
-            return True
-        client.send_task("ticker_worker.subscribe", args=[TOKEN]).get(timeout=30)
-        return False
-    try:
-        wait_for(listed, 60, "Flower to list the subscribe task")
-    finally:
-        client.close()
+        return [t for t in json.loads(body).values() if t["name"] == "ticker_worker.subscribe"]
+    task = wait_for(listed, 30, "Flower to list the subscribe task")[0]
+    assert task["args"] == f"[{TOKEN}]" and task["state"] == "SUCCESS", task
+
+
+def test_flower_in_a_browser(subscribed: Channels, stack: Up, browser: WebDriver) -> None:
+    """What a person sees: refused without credentials; with them, the Tasks page lists the
+    subscribe with its arguments and its success."""
+    base = f"http://127.0.0.1:{stack.ports['flower']}"
+    browser.get(f"{base}/tasks")
+    refused = browser.find_element(By.TAG_NAME, "body").text
+    screenshot(browser, "flower-anonymous")
+    assert "ticker_worker.subscribe" not in browser.page_source
+    assert not browser.find_elements(By.ID, "tasks-table"), refused
+
+    user, password = (stack.state_dir / "flower-credentials").read_text().strip().split(":", 1)
+    basic_auth(browser, user, password)
+    browser.get(f"{base}/tasks")
+
+    def subscribe_row() -> str:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr")
+        return next((r.text for r in rows if "ticker_worker.subscribe" in r.text), "")
+    row = WebDriverWait(browser, 30).until(lambda _: subscribe_row())
+    path = screenshot(browser, "flower-tasks")
+    assert f"[{TOKEN}]" in row and "SUCCESS" in row, (row, path)
 
 
 def test_no_secret_in_output(subscribed: Channels, stack: Up, up_engine: Engine) -> None:

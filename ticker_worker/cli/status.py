@@ -11,6 +11,7 @@ from sqlalchemy import text
 from ticker_worker.cli.common import cli_runtime, database_errors
 from ticker_worker.cli.holder import read_state
 from ticker_worker.db import accounts as account_repo
+from ticker_worker.db import lease
 
 
 def _bar(used: int, capacity: int, width: int = 20) -> str:
@@ -28,6 +29,7 @@ def collect() -> dict[str, Any]:
             "SELECT reason, count(*) FROM subscriptions WHERE status IN ('queued', 'failed') "
             "GROUP BY reason ORDER BY 2 DESC LIMIT 5"))]
         rows = account_repo.list_all(conn)
+        holders = lease.holders(conn)
     try:
         state = read_state()
     except Exception:  # noqa: BLE001 - Redis down: show what Postgres knows
@@ -52,6 +54,10 @@ def collect() -> dict[str, Any]:
         "queued_reasons": [{"reason": r, "count": n} for r, n in reasons],
         "ticks_per_second": ticker.get("ticks_per_second"),
         "last_tick_age": ticker.get("last_tick_age"),
+        "awaiting_first_tick": ticker.get("awaiting_first_tick", 0),
+        "awaiting_tokens": ticker.get("awaiting_tokens", []),
+        "open_gaps": ticker.get("open_gaps", 0),
+        "holders": holders,
     }
 
 
@@ -77,6 +83,17 @@ def _print_table(doc: dict[str, Any]) -> None:
                                     or "none"))
     for r in doc["queued_reasons"]:
         click.echo(f"  {r['count']} waiting: {r['reason']}")
+    if doc["awaiting_first_tick"]:
+        shown = ", ".join(str(t) for t in doc["awaiting_tokens"])
+        click.echo(f"  {doc['awaiting_first_tick']} active but awaiting their first tick: {shown}")
+    if doc["open_gaps"]:
+        click.echo(f"  {doc['open_gaps']} silent since a fault (gap open, backfill follows)")
+    click.echo("")
+    for h in doc["holders"]:
+        epoch = f"epoch {h['epoch']}" if h["epoch"] is not None else "no lease"
+        click.echo(f"holder {h['id']}: {h['role']} ({epoch}, seen {h['lease_age']:.1f} s ago)")
+    if not doc["holders"]:
+        click.echo("holders: none running (`ticker-worker holder`)")
 
 
 @click.command()

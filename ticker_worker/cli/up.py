@@ -7,6 +7,7 @@ Flower with credentials) and the summary of what runs where. Children are run by
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -36,6 +37,9 @@ from ticker_worker.supervise import ChildExited, Interrupted, NotReady, Supervis
 DEMO_ACCOUNTS = ("demo1", "demo2", "demo3")
 DEMO_KEYS = frozenset((*DEMO_ACCOUNTS, SIM_CREDENTIALS[0]))
 FLOWER_USER = "ticker"
+# Flower's default Tasks page hides arguments; a command's token and mode are what its
+# readers look for (task args never carry secrets).
+FLOWER_COLUMNS = "name,uuid,state,args,result,received,runtime,worker"
 STAGES = 7
 READY_TIMEOUT = 90.0
 HEALTHY_TIMEOUT = 30.0
@@ -234,12 +238,15 @@ class Stack:
         self.flower_auth = auth, _ = flower_credentials(self.settings, self.state_dir)
         # Credentials go through the environment, not argv, where `ps` would show them.
         self.sup.start("flower", [sys.executable, "-m", "celery", "-A", "ticker_worker", "flower",
-                                  "--address=127.0.0.1", f"--port={self.ports.flower}"],
+                                  "--address=127.0.0.1", f"--port={self.ports.flower}",
+                                  f"--tasks_columns={FLOWER_COLUMNS}"],
                        env={"FLOWER_BASIC_AUTH": auth})
         url = f"http://127.0.0.1:{self.ports.flower}"
-        self.sup.wait_ready(lambda: http_get(f"{url}/healthcheck") == (200, b"OK"), "Flower",
-                            READY_TIMEOUT)
-        self.step(7, f"Flower answering at {url}")
+        # /healthcheck answers before Flower's event consumer is connected, and Flower lists
+        # only the tasks whose events it received: ready means it has heard from our workers.
+        self.sup.wait_ready(partial(_flower_hears, url, auth, self.nodes),
+                            "Flower receiving the workers' events", READY_TIMEOUT)
+        self.step(7, f"Flower answering at {url}, receiving the workers' events")
 
     def announce(self, started: float) -> None:
         say, host, cli = self.sup.say, "http://127.0.0.1", _cli_hint()
@@ -252,6 +259,13 @@ class Stack:
             f"{self.flower_auth[1] or 'FLOWER_BASIC_AUTH'})")
         say(f"try:  {cli} subscribe 256265 --wait   then   {cli} status", fg="green")
         say("Ctrl-C stops everything.")
+
+
+def _flower_hears(url: str, auth: str, nodes: list[str]) -> bool:
+    """True once Flower's event state knows every worker node (from their heartbeats)."""
+    header = "Basic " + base64.b64encode(auth.encode()).decode()
+    status, body = http_get(f"{url}/workers?json=1", headers={"Authorization": header})
+    return status == 200 and set(nodes) <= {w["hostname"] for w in orjson.loads(body)["data"]}
 
 
 def _health(url: str) -> str | None:

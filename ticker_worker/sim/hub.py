@@ -11,7 +11,7 @@ import logging
 import struct
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -61,8 +61,13 @@ class Connection:
         if self.transport is not None:
             self.transport.abort()
 
-    def frame(self) -> bytes | None:
-        """One binary message with the current packet of every ticking subscription."""
+    def frame(self, closed: frozenset[int] = frozenset()) -> bytes | None:
+        """One binary message with the current packet of every ticking subscription.
+
+        Instruments of the `closed` segments (out of session on the market clock) are left out.
+        """
+        if closed:
+            return self._frame_in_session(closed)
         parts: list[bytes] = [b""]
         append = parts.append
         ltp, quote, full = self.feeds
@@ -79,6 +84,16 @@ class Connection:
             return None
         parts[0] = _COUNT.pack(len(parts) - 1)
         return b"".join(parts)
+
+    def _frame_in_session(self, closed: frozenset[int]) -> bytes | None:
+        packets: list[bytes] = []
+        for feed, packet in zip(self.feeds, ("ltp_packet", "quote_packet", "full_packet"),
+                                strict=True):
+            for token, state in feed.items():
+                if token & 0xFF not in closed:
+                    packets.append(getattr(state, packet)())
+                    state.sent += 1
+        return _COUNT.pack(len(packets)) + b"".join(packets) if packets else None
 
     def push(self, message: bytes | str) -> None:
         """Queue a binary frame or a text message for the sender."""
@@ -134,6 +149,9 @@ class Hub:
         self._refs: dict[int, int] = {}
         self._next_id = 1
         self.ticks_dropped = 0
+        # The market clock (sim/clock.py) sets these: simulated time, and closed segments.
+        self.now: Callable[[], float] = time.time
+        self.closed_segments: Callable[[float], frozenset[int]] = lambda _: frozenset()
 
     def of(self, api_key: str) -> list[Connection]:
         """The open connections of one api key."""
@@ -158,7 +176,7 @@ class Hub:
     def subscribe(self, conn: Connection, tokens: Iterable[int]) -> int:
         """Subscribe new tokens in `quote` mode, up to the cap; return how many were refused."""
         refused = 0
-        now = int(time.time())
+        now = int(self.now())
         for token in tokens:
             if token in conn.modes:
                 continue  # duplicates are normal after a reconnect
@@ -206,19 +224,21 @@ class Hub:
             if delay < 0:
                 next_at -= delay
             await asyncio.sleep(max(delay, 0))
-            await self.step(int(time.time()))
+            await self.step(int(self.now()))
 
     async def step(self, now: int) -> None:
         """Advance every live instrument once, then queue one frame per connection."""
+        closed = self.closed_segments(now)
         for state in self.live.values():
-            state.advance(now)
+            if not closed or state.token & 0xFF not in closed:
+                state.advance(now)
         for conn in list(self.connections.values()):
             if conn.account.muted or conn.id not in self.connections:
                 continue
             if len(conn.pending) >= MAX_PENDING_FRAMES:
                 self.ticks_dropped += sum(len(feed) for feed in conn.feeds)
                 continue
-            frame = conn.frame()
+            frame = conn.frame(closed)
             if frame is not None:
                 conn.push(frame)
                 await asyncio.sleep(0)  # let senders start writing while we build the rest

@@ -271,3 +271,30 @@ async def test_a_gap_whose_event_could_not_be_written_is_written_by_the_next_set
     await h.core.settle()
     await h.core.settle()
     assert len(h.publisher.of_type("stream_gap")) == 1 and len(h.db.outbox) == 2
+
+
+async def test_a_holder_that_steps_down_and_back_reports_only_the_silence_since_the_other() -> None:
+    a = Harness()
+    await start(a, 1, 2)
+    a.db.subscribe(3)
+    await a.nudge(3)  # 3 never ticks: awaiting after two timeouts
+    for _ in range(2):
+        a.clock.advance(2.0)
+        await a.core.settle()
+    assert a.core.awaiting == [3]
+    a.link().drop()  # silent from here; then a loses its lease
+    await a.core.close()
+    assert a.core.awaiting == [] and a.core.gaps.open == {}  # a standby owes no word
+    b = Harness(store=a.db, clock=a.clock)
+    await b.core.resume()
+    await b.full()
+    a.clock.advance(5.0)
+    await b.tick_all()
+    b.db.record_ticks(b.ticks.last_tick)
+    streamed_until = a.clock.time()
+    a.clock.advance(5.0)  # b dies; a takes over again
+    await a.core.resume()
+    await a.full()
+    await a.tick_all()
+    await a.core.settle()
+    assert {g["gap_start"] for g in gaps(a).values()} == {iso(streamed_until)}

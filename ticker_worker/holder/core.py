@@ -234,7 +234,8 @@ class HolderCore:
         return [c for s in self.accounts.values() for c in s.connections.values()]
 
     async def close(self) -> None:
-        """Close every connection; forget what they held (a standby holds nothing)."""
+        """Close every connection; forget what they held and what they owed. A standby holds
+        nothing and owes no word: whoever takes over reports the silence from its resume()."""
         for state in self.accounts.values():
             for conn in state.connections.values():
                 await conn.stop()
@@ -242,6 +243,9 @@ class HolderCore:
         self.actual.clear()
         self.releases.clear()
         self.confirmed.clear()
+        self.refused.clear()
+        self.awaiting = []
+        self.gaps.open.clear()
 
     # ---- what the connections report (LinkEvents) --------------------------------------------
 

@@ -103,6 +103,7 @@ class FakeKite:
         self.clock = clock
         self.links: dict[Slot, FakeLink] = {}
         self.journal: list[Entry] = []
+        self.connect_at_start = True  # False: a new link waits for its test to reconnect() it
 
     def open_link(self, account: str, index: int, credentials: Callable[[], Any],
                   events: Any) -> FakeLink:
@@ -175,8 +176,9 @@ class FakeLink:
     # ---- the Link port ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connects at once (a real one connects in the background and resubscribes)."""
-        if not self.connected:
+        """Connects at once, unless the test connects it later (a real one connects in the
+        background, then sends what it was given meanwhile)."""
+        if not self.connected and self.kite.connect_at_start:
             self.reconnect()
 
     async def stop(self) -> None:

@@ -92,6 +92,35 @@ async def test_random_swaps_over_accounts_and_connections_keep_every_cap() -> No
     assert max(h.kite.peak(s) for s in h.kite.links) == 3
 
 
+async def test_what_a_new_connection_was_given_before_it_connected_goes_in_its_picture() -> None:
+    h = Harness(per_conn=5, max_conns=1)
+    h.kite.connect_at_start = False
+    h.db.subscribe(1, 2)
+    h.db.subscribe(3, mode="full")
+    await h.nudge(1, 2, 3)
+    assert h.kite.sent() == [] and h.row(1).status == "active"
+    h.clock.advance(10.0)
+    await h.core.settle()
+    assert h.core.awaiting == []  # the ack clock starts when the picture is sent
+    h.link().reconnect()
+    assert h.link().wire == {1: "quote", 2: "quote", 3: "full"}
+    assert sorted(await h.link().tick()) == [1, 2, 3]
+    h.assert_streaming()
+
+
+async def test_a_mode_change_while_dropped_is_in_the_picture_sent_on_reconnect() -> None:
+    h = Harness(per_conn=5, max_conns=1)
+    await start(h, 1, 2)
+    h.link().drop()
+    h.db.set_mode(1, "full")
+    h.db.unsubscribe(2)
+    await h.nudge(1, 2)
+    assert h.link().wire == {}
+    h.link().reconnect()
+    assert h.link().wire == {1: "full"}
+    h.assert_streaming()
+
+
 # ---- make-before-break ----------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.brokers import broker_kind, broker_url, rabbitmq_url  # noqa: F401 - fixtures
 from tests.browser import browser  # noqa: F401 - the headless Chromium fixture, for any test
 from ticker_worker.bootstrap import Runtime, set_runtime
 from ticker_worker.config import Settings, get_settings

@@ -12,12 +12,15 @@ KITE_WS_ROOT = "wss://ws.kite.trade"
 KITE_LOGIN_URL = "https://kite.zerodha.com/connect/login"
 #: Where `accounts login` listens for Kite's redirect; register it as the app's redirect URL.
 DEFAULT_REDIRECT_URL = "http://127.0.0.1:8766/kite/callback"
+STATE_DIR = ".ticker-worker"  # `ticker-worker up`'s folder: credentials, embedded servers
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # `.env` wins over the URLs `ticker-worker up` wrote for the embedded servers it runs.
+    model_config = SettingsConfigDict(env_file=(f"{STATE_DIR}/stack.env", ".env"),
+                                      extra="ignore", populate_by_name=True)
 
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -68,7 +71,10 @@ class Settings(BaseSettings):
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         if not self.celery_result_backend:
-            self.celery_result_backend = self.celery_broker_url
+            # Results live on Redis even when the broker is RabbitMQ.
+            broker_is_redis = self.celery_broker_url.startswith(("redis://", "rediss://"))
+            self.celery_result_backend = (self.celery_broker_url if broker_is_redis
+                                          else self.redis_url)
         return self
 
     @property

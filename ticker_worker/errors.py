@@ -80,3 +80,11 @@ class SecretKeyError(TickerWorkerError):
 
 class LoginError(TickerWorkerError):
     """Raised when the daily Kite login cannot complete (no api secret, Kite refused, timeout)."""
+
+
+class InvalidWindow(InvalidRequest):
+    """Raised when a backfill's `start`/`end` window is malformed, reversed or too long."""
+
+
+class BackfillInProgress(InfrastructureError):
+    """Raised when another delivery of the same backfill task is running; this one retries."""

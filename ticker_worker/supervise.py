@@ -72,6 +72,7 @@ class Child:
     colour: str = "white"
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     pump: threading.Thread | None = None
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -140,17 +141,23 @@ class Supervisor:
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        """Start a child in its own session, its stdout and stderr merged and prefixed."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              as_user: tuple[int, int] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Child:
+        """Start a child in its own session, its stdout and stderr merged and prefixed;
+        `as_user` (uid, gid) runs it as that user (a server that refuses root)."""
         self.check()
         if not self.children:
             # Only from now on is there something to stop cleanly; before, Ctrl-C just aborts.
             self.install_signal_handlers()
+        uid, gid = as_user or (None, None)
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+            user=uid, group=gid, extra_groups=None if uid is None else [],
         )
-        child = Child(name, popen, colour=_COLORS[len(self.children) % len(_COLORS)])
+        child = Child(name, popen, colour=_COLORS[len(self.children) % len(_COLORS)],
+                      stop_signal=stop_signal)
         assert popen.stdout is not None
         child.pump = threading.Thread(target=self._pump, args=(child, popen.stdout),
                                       name=f"pump-{name}", daemon=True)
@@ -213,7 +220,7 @@ class Supervisor:
             if not child.group_alive():
                 continue
             self.say(f"stopping {child.name}")
-            child.signal_group(signal.SIGTERM)
+            child.signal_group(child.stop_signal)
             wait = 0.0 if self._hurry.is_set() else min(per_child, deadline - time.monotonic())
             if not self._wait_gone(child, wait):
                 killed.append(child.name)
@@ -237,13 +244,19 @@ class Supervisor:
         return True
 
 
+def state_folder(path: Path) -> Path:
+    """`up`'s private folder (0700 when new), which ignores itself in git."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# written by ticker-worker; holds secrets\n*\n")
+    return path
+
+
 def private_file(path: Path, make: Callable[[], str]) -> str:
     """The one-line secret in `path`, written by `make()` with mode 0600 when absent. Its
     directory (0700) ignores itself in git, so the secret can never be committed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ignore = path.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# written by ticker-worker; holds secrets\n*\n")
+    state_folder(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

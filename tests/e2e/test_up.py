@@ -49,12 +49,13 @@ TOKEN = 256265
 class Up:
     """`ticker-worker up` in a subprocess, its output in a file."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *extra: str,
+                 state_dir: str = "state") -> None:
         self.ports = {"sim": free_port(), "holder": free_port(), "flower": free_port()}
-        self.state_dir = workdir / "state"
+        self.state_dir = workdir / state_dir
         self.log = workdir / f"up-{self.ports['sim']}.log"
         args = [sys.executable, "-m", "ticker_worker.cli", "up", "--tick-interval", "0.2",
-                "--state-dir", str(self.state_dir)]
+                "--state-dir", str(self.state_dir), *extra]
         for name, port in self.ports.items():
             args += [f"--{name}-port", str(port)]
         with self.log.open("wb") as out:

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import TABLES, insert_instruments
 from tests.e2e.stack import Holder, Listener, Sim, holder_env
 from tests.procs import VENV_BIN, Proc, wait_for
+from tests.reliability.brokers import broker  # noqa: F401 - fixture: the test's broker
 from tests.reliability.servers import PostgresCluster, RedisServer, discard, tail
 from tests.run import RUN_SUFFIX
 from ticker_worker.db import migrate

@@ -12,6 +12,7 @@ from ticker_worker.cli.common import cli_runtime, database_errors
 from ticker_worker.cli.holder import read_state
 from ticker_worker.db import accounts as account_repo
 from ticker_worker.db import lease
+from ticker_worker.db.accounts import expiry_fields
 
 
 def _bar(used: int, capacity: int, width: int = 20) -> str:
@@ -46,6 +47,7 @@ def collect() -> dict[str, Any]:
             "capacity": a.get("capacity", capacity), "used": a.get("used", 0),
             "connections": [{k: c[k] for k in ("index", "connected", "tokens")}
                             for c in a.get("connections", [])],
+            **expiry_fields(row.token_expires_at),
         })
     return {
         "holder": state["status"] if state else "not running",
@@ -61,22 +63,33 @@ def collect() -> dict[str, Any]:
     }
 
 
+def time_left(seconds: int | None) -> str:
+    """A token's remaining life as `5h07m`, `expired` or `-` (no token)."""
+    if seconds is None:
+        return "-"
+    if seconds <= 0:
+        return "expired"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 def _print_table(doc: dict[str, Any]) -> None:
     age = doc["last_tick_age"]
     click.echo(f"holder: {doc['holder']}    ticks/s: {doc['ticks_per_second'] or 0}    "
                f"last tick: {age if age is not None else '-'} s ago")
     click.echo("")
-    click.echo(f"{'ACCOUNT':<14} {'STATE':<10} {'LOAD':<22} {'USED':>11}  CONNECTIONS")
+    click.echo(f"{'ACCOUNT':<14} {'STATE':<10} {'TOKEN LEFT':<10} {'LOAD':<22} {'USED':>11}  "
+               "CONNECTIONS")
     for a in doc["accounts"]:
         state = "ok" if a["healthy"] else ("disabled" if not a["enabled"] else "UNHEALTHY")
         conns = "  ".join(f"#{c['index']}:{c['tokens']}{'' if c['connected'] else '(down)'}"
                           for c in a["connections"]) or "-"
-        click.echo(f"{a['name']:<14} {state:<10} {_bar(a['used'], a['capacity']):<22} "
+        click.echo(f"{a['name']:<14} {state:<10} {time_left(a['token_expires_in']):<10} "
+                   f"{_bar(a['used'], a['capacity']):<22} "
                    f"{a['used']:>5}/{a['capacity']:<5}  {conns}")
         if not a["healthy"] and a["reason"]:
             click.echo(f"{'':<14} reason: {a['reason']}")
     if not doc["accounts"]:
-        click.echo("(no accounts: `ticker-worker accounts add NAME --api-key K --access-token T`)")
+        click.echo("(no accounts: `ticker-worker accounts add NAME --api-key K`)")
     click.echo("")
     subs = doc["subscriptions"]
     click.echo("subscriptions: " + (", ".join(f"{k} {v}" for k, v in sorted(subs.items()))

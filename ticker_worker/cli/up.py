@@ -22,11 +22,11 @@ import click
 import orjson
 from sqlalchemy.engine import make_url
 
-from ticker_worker import supervise
+from ticker_worker import embedded, supervise
 from ticker_worker.bootstrap import set_runtime
 from ticker_worker.cli import instruments as instruments_cli
 from ticker_worker.cli.common import cli_runtime, database_errors
-from ticker_worker.config import Settings, get_settings
+from ticker_worker.config import STATE_DIR, Settings, get_settings
 from ticker_worker.db import accounts as account_repo
 from ticker_worker.db import instruments as instrument_repo
 from ticker_worker.db import migrate
@@ -112,6 +112,31 @@ class Stack:
     def step(self, n: int, text: str) -> None:
         self.sup.say(f"[{n}/{STAGES}] {text}")
 
+    def servers(self, force: bool, pg_port: int | None, redis_port: int | None) -> None:
+        """Postgres and Redis: configured or local ones, else embedded ones run as children;
+        the embedded ones' URLs written where later CLI commands in this folder find them."""
+        before = embedded.remembered(self.state_dir)
+        urls: dict[str, str] = {}
+        for name, default, port, run in (
+            ("DATABASE_URL", Settings.model_fields["database_url"].default, pg_port,
+             embedded.run_postgres),
+            ("REDIS_URL", Settings.model_fields["redis_url"].default, redis_port,
+             embedded.run_redis),
+        ):
+            choice = embedded.decide(name, default, port, force, before)
+            self.step(1, f"{name.split('_')[0].title()}: {choice.why}")
+            if choice.embedded:
+                supervise.state_folder(self.state_dir)
+                self.step(1, run(self.sup, self.state_dir, choice.url, READY_TIMEOUT))
+                urls[name] = choice.url
+            os.environ[name] = choice.url
+        if urls:
+            path = embedded.remember(self.state_dir, urls)
+            self.step(1, f"embedded servers' URLs in {path} (CLI commands here use them)")
+        get_settings.cache_clear()
+        set_runtime(None)  # rebuilt from the chosen servers on first use
+        self.settings = get_settings()
+
     def migrate(self) -> None:
         url = make_url(self.settings.database_url)
         self.step(1, f"Postgres {url.host}:{url.port or 5432}/{url.database}: migrating")
@@ -160,6 +185,7 @@ class Stack:
         if self.sim:
             env["KITE_API_ROOT"] = f"http://127.0.0.1:{self.ports.sim}"
             env["KITE_WS_ROOT"] = f"ws://127.0.0.1:{self.ports.sim}"
+            env["KITE_LOGIN_URL"] = f"http://127.0.0.1:{self.ports.sim}/connect/login"
         os.environ.update(env)
         get_settings.cache_clear()
         set_runtime(None)  # rebuilt from the new settings on first use
@@ -292,13 +318,20 @@ PORT = click.IntRange(1, 65535)
 @click.option("--tick-interval", type=click.FloatRange(min=0.001),
               help="Seconds between the simulator's ticks per instrument.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".ticker-worker"), show_default=True,
-              help="Where generated Flower credentials are kept.")
+              default=Path(STATE_DIR), show_default=True,
+              help="Where generated Flower credentials and the embedded servers' data are kept.")
+@click.option("--embedded", is_flag=True,
+              help="Run embedded Postgres and Redis even if others are configured or running.")
+@click.option("--postgres-port", type=PORT,
+              help="Port of a new embedded Postgres.  [default: a free one]")
+@click.option("--redis-port", type=PORT, help="Port of a new embedded Redis.  [default: free]")
 @click.pass_context
 def up(ctx: click.Context, use_sim: bool | None, port_base: int | None, sim_port: int | None,
        holder_port: int | None, flower_port: int | None, tick_interval: float | None,
-       state_dir: Path) -> None:
-    """Run the whole stack, supervised: simulator, migrations, holder, workers, Flower.
+       state_dir: Path, embedded: bool, postgres_port: int | None,
+       redis_port: int | None) -> None:
+    """Run the whole stack, supervised: Postgres and Redis when none is configured or running
+    (embedded), simulator, migrations, holder, workers, Flower.
 
     Ctrl-C (or SIGTERM) stops everything. A child that dies stops the rest and exits 1.
     """
@@ -308,7 +341,7 @@ def up(ctx: click.Context, use_sim: bool | None, port_base: int | None, sim_port
     stack = Stack(sup, settings, ports, state_dir, tick_interval)
     code = 1
     try:
-        code = _run(ctx, stack, use_sim)
+        code = _run(ctx, stack, use_sim, (embedded, postgres_port, redis_port))
     finally:
         if sup.children:
             sup.say("stopping everything")
@@ -317,9 +350,11 @@ def up(ctx: click.Context, use_sim: bool | None, port_base: int | None, sim_port
     sys.exit(code)
 
 
-def _run(ctx: click.Context, stack: Stack, use_sim: bool | None) -> int:
+def _run(ctx: click.Context, stack: Stack, use_sim: bool | None,
+         servers: tuple[bool, int | None, int | None]) -> int:
     sup, started = stack.sup, time.monotonic()
     try:
+        stack.servers(*servers)
         stack.migrate()
         stack.choose_kite(use_sim)
         stack.check_ports()

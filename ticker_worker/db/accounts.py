@@ -4,6 +4,7 @@ never leave in output or logs."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,6 +40,14 @@ class AccountRow:
             "enabled": self.enabled, "healthy": self.healthy, "reason": self.unhealthy_reason,
             "token_expires_at": expires.isoformat() if expires else None,
         }
+
+
+def expiry_fields(expires: datetime | None) -> dict[str, object]:
+    """When the account's access token dies (06:00 IST) and how many seconds are left."""
+    if expires is None:
+        return {"token_expires_at": None, "token_expires_in": None}
+    return {"token_expires_at": expires.isoformat(),
+            "token_expires_in": round(expires.timestamp() - time.time())}
 
 
 _COLUMNS = ("name, api_key, coalesce(access_token, ''), enabled, healthy, unhealthy_reason, "

@@ -139,13 +139,14 @@ class HolderCore:
         self.ticks.expect_first([d.token for d, _ in result.activated if d.status != "active"])
 
     def link(self, slot: Slot) -> Link:
-        """The connection of `slot`, opened on first use."""
+        """The connection of `slot`, opened on first use, restarted if it had given up (a 403
+        before the account's token was renewed)."""
         state = self.accounts[slot[0]]
         conn = state.connections.get(slot[1])
         if conn is None:
             conn = self.open_link(state.name, slot[1], state.credentials, self)
             state.connections[slot[1]] = conn
-            conn.start()
+        conn.start()
         return conn
 
     async def _release(self, tokens: list[int]) -> None:

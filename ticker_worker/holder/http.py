@@ -34,19 +34,24 @@ class HolderCollector(Collector):
                                         labels=["account", "connection"])
         reconnects = CounterMetricFamily("ticker_connection_reconnects", "Reconnect attempts",
                                          labels=["account", "connection"])
+        expiry = GaugeMetricFamily("ticker_account_token_expiry_seconds",
+                                   "Seconds until the access token expires (06:00 IST)",
+                                   labels=["account"])
         refused = CounterMetricFamily("ticker_connection_refused",
                                       "Tokens Kite refused on the connection (error frames)",
                                       labels=["account", "connection"])
         for a in ticker["accounts"]:
             healthy.add_metric([a["name"]], 1.0 if a["healthy"] else 0.0)
             used.add_metric([a["name"]], a["used"])
+            if a.get("token_expires_in") is not None:
+                expiry.add_metric([a["name"]], a["token_expires_in"])
             for c in a["connections"]:
                 labels = [a["name"], str(c["index"])]
                 conn_up.add_metric(labels, 1.0 if c["connected"] else 0.0)
                 conn_tokens.add_metric(labels, c["tokens"])
                 reconnects.add_metric(labels, c["reconnects"])
                 refused.add_metric(labels, c["refused"])
-        yield from (healthy, used, conn_up, conn_tokens, reconnects, refused)
+        yield from (healthy, used, expiry, conn_up, conn_tokens, reconnects, refused)
         role = GaugeMetricFamily("ticker_holder_active", "1 if this holder holds the lease")
         role.add_metric([], 1.0 if doc["role"] == "active" else 0.0)
         yield role

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.db.engine import make_engine
-from ticker_worker.holder import snapshot
+from ticker_worker.holder import mock_ticks, snapshot
 from ticker_worker.holder.core import HolderCore
 from ticker_worker.holder.database import Database, PgStore
 from ticker_worker.holder.http import build_app
@@ -125,7 +125,7 @@ class HolderApp:
 
     def _jobs(self) -> dict[str, Any]:
         s, core, lease = self.settings, self.core, self.lease
-        return {
+        jobs = {
             "lease": lease.run(), "nudges": self.listener.run(),
             "reconcile": Reconciler(core, self.listener, lease, s.reconcile_interval).run(),
             "settle": Settler(core, lease).run(), "relay": self.relay.run(),
@@ -134,6 +134,10 @@ class HolderApp:
                                     s.last_tick_flush_interval).run(),
             "snapshot": self.snapshot_loop(),
         }
+        if s.mock_outside_market_hours:
+            jobs["mock-ticks"] = mock_ticks.from_runtime(self.rt, self.aredis,
+                                                         lease.may_publish).run()
+        return jobs
 
     async def run(self) -> int:
         """Start every job; return the exit code when a signal arrives or a job dies."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from ticker_worker.db.accounts import expiry_fields
+
 if TYPE_CHECKING:
     from ticker_worker.holder.main import HolderApp
 
@@ -36,8 +38,20 @@ def accounts(app: HolderApp) -> list[dict[str, Any]]:
                 "disabled" if not state.row.enabled else state.row.unhealthy_reason
                 or "access token rejected (403)"),
             "capacity": capacity, "used": sum(c["tokens"] for c in conns), "connections": conns,
+            **expiry_fields(state.row.token_expires_at),
         })
     return result
+
+
+EXPIRY_WARNING = 3600  # seconds: /health warns in the last hour of an account's token
+
+
+def warnings(accts: list[dict[str, Any]]) -> list[str]:
+    """What an operator should act on soon: tokens in their last hour (log in again)."""
+    return [f"account {a['name']}: access token expires in {a['token_expires_in'] // 60} min "
+            f"(at {a['token_expires_at']}); run `ticker-worker accounts login {a['name']}`"
+            for a in accts if a["token_expires_in"] is not None
+            and 0 < a["token_expires_in"] <= EXPIRY_WARNING]
 
 
 def problems(app: HolderApp, accts: list[dict[str, Any]]) -> list[str]:
@@ -65,6 +79,7 @@ def build(app: HolderApp, tick_rate: float) -> dict[str, Any]:
     return {
         "status": "unhealthy" if reasons else "healthy",
         "reasons": reasons,
+        "warnings": warnings(accts),
         "role": lease.role,
         "holder": {"id": lease.id, "epoch": lease.epoch, "takeovers": lease.takeovers},
         "environment": app.settings.environment,

@@ -62,10 +62,16 @@ def _instant(_: click.Context, __: click.Parameter, value: str | None) -> dateti
               help="always-open streams around the clock; real follows sessions and holidays.")
 @click.option("--now", callback=_instant, metavar="ISO",
               help="Start the simulated clock at this instant (no offset: IST).")
+@click.option(
+    "--slow-consumer-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.01),
+    help="Close a connection whose client has read nothing for this many seconds while a "
+         "send waits.",
+)
 def sim(
     host: str, port: int, seed: int, tick_interval: float, heartbeat_interval: float,
     accounts: tuple[str, ...], no_rate_limits: bool, api_secrets: tuple[str, ...],
     redirect_urls: tuple[str, ...], market: str, now: datetime | None,
+    slow_consumer_timeout: float,
 ) -> None:
     """Run the Kite simulator: ticker WebSocket, REST API and login page on one port."""
     run(SimConfig(
@@ -74,4 +80,5 @@ def sim(
         rate_limits=not no_rate_limits, market=market, now=now,
         api_secrets=_pairs(api_secrets, "--api-secret", "SECRET"),
         redirect_urls=_pairs(redirect_urls, "--redirect-url", "URL"),
+        slow_consumer_timeout=slow_consumer_timeout,
     ))

@@ -140,7 +140,7 @@ def _quotes(
 @kite_route("quote")
 async def quote(request: web.Request, sim: Simulator, account: Account) -> web.Response:
     """`GET /quote?i=EXCH:SYMBOL...`: full snapshots (at most 500)."""
-    return _quotes(request, sim, 500, TokenState.snapshot)
+    return _quotes(request, sim, 500, lambda s, now: s.snapshot(now))
 
 
 @kite_route("quote")

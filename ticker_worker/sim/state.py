@@ -37,10 +37,14 @@ class SimConfig:
     now: datetime | None = None  # the simulated time to start at (None: the wall clock)
     api_secrets: dict[str, str] = field(default_factory=dict)  # api_key -> api_secret
     redirect_urls: dict[str, str] = field(default_factory=dict)  # api_key -> redirect URL
+    #: Seconds a send may wait on a client that stopped reading before its socket is closed.
+    slow_consumer_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.tick_interval <= 0 or self.heartbeat_interval <= 0:
-            raise ValueError("tick_interval and heartbeat_interval must be positive")
+        if min(self.tick_interval, self.heartbeat_interval, self.slow_consumer_timeout) <= 0:
+            raise ValueError(
+                "tick_interval, heartbeat_interval and slow_consumer_timeout must be positive"
+            )
         if not 0 < self.max_tokens_per_connection <= _MAX_PACKETS_PER_FRAME:
             raise ValueError(f"max_tokens_per_connection must be 1..{_MAX_PACKETS_PER_FRAME}")
 
@@ -62,6 +66,7 @@ class Simulator:
             heartbeat_interval=config.heartbeat_interval,
             max_tokens=config.max_tokens_per_connection,
             max_connections=config.max_connections_per_key,
+            slow_consumer_timeout=config.slow_consumer_timeout,
         )
         self.hub.now = self.clock.now
         self.hub.closed_segments = self.clock.closed_segments

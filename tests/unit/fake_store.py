@@ -4,7 +4,7 @@ commands of other processes (db/subscriptions.py, db/accounts.py, instruments sy
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -174,9 +174,13 @@ class FakeStore:
                                              None)
 
     def set_health(self, name: str, healthy: bool, reason: str | None = None) -> None:
-        row = self.account_rows[name]
-        self.account_rows[name] = AccountRow(row.name, row.api_key, row.access_token,
-                                             row.enabled, healthy, reason)
+        self.account_rows[name] = replace(self.account_rows[name], healthy=healthy,
+                                          unhealthy_reason=reason)
+
+    def set_token(self, name: str, access_token: str) -> None:
+        """`accounts.set_token`: a new token, and the account healthy again."""
+        self.account_rows[name] = replace(self.account_rows[name], access_token=access_token,
+                                          healthy=True, unhealthy_reason=None)
 
     def subscribe(self, *tokens: int, mode: str = "quote") -> None:
         """`_UPSERT`: a new row is pending; a real change bumps the generation."""

@@ -141,7 +141,7 @@ class FakeLink:
         self.tokens: dict[int, str] = {}
         self.acks = AckBook()
         self.cap: int | None = None
-        self.connected = self.auth_failed = self.stopped = False
+        self.connected = self.auth_failed = self.stopped = self.running = False
         self.reconnects = self.refusals = 0
         self.last_message_at = 0.0
         self.wire: dict[int, str] = {}
@@ -176,13 +176,17 @@ class FakeLink:
     # ---- the Link port ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connects at once, unless the test connects it later (a real one connects in the
-        background, then sends what it was given meanwhile)."""
-        if not self.connected and self.kite.connect_at_start:
+        """Start the connect loop unless it runs (it keeps running through drops; it ends on
+        a 403 or stop). Connects at once unless the test connects it later: a real one
+        connects in the background, then sends what it was given meanwhile."""
+        if self.running:
+            return
+        self.running, self.auth_failed = True, False
+        if self.kite.connect_at_start:
             self.reconnect()
 
     async def stop(self) -> None:
-        self.connected, self.stopped = False, True
+        self.connected, self.stopped, self.running = False, True, False
         self.wire.clear()
         self._note("stop")
 
@@ -255,7 +259,7 @@ class FakeLink:
 
     def reject_auth(self) -> None:
         """Kite answers the (re)connect with 403."""
-        self.auth_failed = True
+        self.auth_failed, self.running = True, False  # the real loop gives up on a 403
         self.drop("auth")
         self.events.on_auth_rejected(self)
 

@@ -188,6 +188,21 @@ async def test_an_account_refused_at_the_handshake_moves_and_reports_the_gaps() 
     h.assert_streaming()
 
 
+async def test_a_connection_that_gave_up_on_a_403_restarts_once_the_token_is_renewed() -> None:
+    h = Harness(per_conn=5, max_conns=1, accounts=("a", "b"))
+    await start(h, 1, 2, 3)  # a: 1, 3; b: 2
+    a = h.link("a")
+    a.reject_auth()
+    await h.idle()  # 1 and 3 move to b; a's connection is kept until b confirms them
+    h.db.set_token("a", "renewed")
+    h.db.subscribe(9)
+    await h.full()  # 9 goes to a, the least loaded: its connection starts again
+    assert h.link("a") is a and a.connected and h.row(9).account == "a"
+    await h.tick_all()
+    await h.core.settle()
+    h.assert_streaming()
+
+
 # ---- the acknowledgement timeout --------------------------------------------------------------
 
 

@@ -314,3 +314,35 @@ async def test_a_bulk_subscribe_is_placed_in_slices(monkeypatch: pytest.MonkeyPa
     assert [len(p.activated) for p in plans if not p.is_empty()] == [40, 40, 20]
     assert len(h.db.by_status("active")) == 100 and not h.core.placing
     assert max(h.kite.peak(s) for s in h.kite.links) == 60
+
+
+async def test_a_move_is_silent_only_when_neither_of_its_connections_streams_it() -> None:
+    h = await two_accounts()  # 1 and 3 moving from a to b, neither confirmed
+    a, b = h.link("a"), h.link("b")
+    b.drop()  # a still streams them: no gap
+    h.clock.advance(1.0)
+    await a.tick([1, 3])
+    last_on_a = h.clock.time()
+    assert set(h.core.gaps.open) == {2, 4}
+    b.reconnect()
+    await b.tick([1])  # confirms 1; a lets go of it at the next settle
+    a.drop()  # 3 was only on a now: silent until b's first tick of it
+    h.clock.advance(1.0)
+    await b.tick([3])
+    await h.core.settle()
+    gap_3 = h.publisher.of_type("stream_gap")[-1]
+    assert (gap_3["instrument_token"], gap_3["gap_start"]) == (3, iso(last_on_a))
+    assert sorted(e["instrument_token"] for e in h.publisher.of_type("stream_gap")) == [3]
+
+
+async def test_a_confirmation_by_a_connection_lost_since_does_not_release_the_old_one() -> None:
+    h = await two_accounts()
+    a, b = h.link("a"), h.link("b")
+    await b.tick([1])
+    b.drop()  # before the settle that would have let a go of 1
+    await h.core.settle()
+    assert 1 in a.wire
+    b.reconnect()
+    await b.tick([1])
+    await h.core.settle()
+    assert 1 not in a.wire

@@ -158,10 +158,13 @@ class HolderCore:
             if old is not None:
                 by_slot[old].append(t)
         for slot, batch in by_slot.items():
-            state = self.accounts.get(slot[0])
-            conn = state.connections.get(slot[1]) if state else None
-            if conn is not None:
+            if (conn := self._existing(slot)) is not None:
                 await conn.apply([wire.Message(slot, "unsubscribe", tuple(batch))])
+
+    def _existing(self, slot: Slot) -> Link | None:
+        """The connection of `slot` if it is open (never opens one)."""
+        state = self.accounts.get(slot[0])
+        return state.connections.get(slot[1]) if state else None
 
     async def _retire_unusable(self) -> None:
         held = {slot for slot in self.releases.values()}
@@ -268,15 +271,30 @@ class HolderCore:
                 self.confirmed.add(t)
 
     def on_lost(self, conn: Any, reason: str) -> None:
-        """A connection went away: each instrument it carried is silent from its last tick."""
+        """A connection went away: each instrument that streamed only through it is silent from
+        its last tick. A moving one streams on its old and its new connection until the new one
+        confirms it: losing one leaves the other, and voids the lost one's confirmation."""
         slot = (conn.account, conn.index)
-        mine = [t for t in conn.tokens if (p := self.actual.get(t)) is not None and p.slot == slot]
+        self.confirmed -= {t for t in conn.tokens if self._home(t) == slot}
+        mine = [t for t in conn.tokens if self._silenced(t, slot)]
         last, lost_at = self.ticks.last_tick, self.clock.time()
         opened = self.gaps.begin(mine, lambda t: last.get(t, lost_at), self._placed_of,
                                  conn.account, conn.index, reason)
         if opened:
             log.warning("connection %s: %d instrument(s) silent until resubscribed", reason,
                         opened, extra={"account": conn.account, "connection": conn.index})
+
+    def _home(self, token: int) -> Slot | None:
+        placed = self.actual.get(token)
+        return placed.slot if placed else None
+
+    def _silenced(self, token: int, slot: Slot) -> bool:
+        """Whether losing `slot` leaves `token` streaming through no connection."""
+        old = self.releases.get(token)
+        if self._home(token) == slot:
+            held = self._existing(old) if old else None
+            return held is None or not held.connected
+        return old == slot and token not in self.confirmed
 
     def _placed_of(self, token: int) -> tuple[str, int]:
         placed = self.actual.get(token)

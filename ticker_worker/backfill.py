@@ -199,7 +199,8 @@ class Backfiller:
                                         "registry (run `ticker-worker instruments sync`)")
             last = candles.last_ts(conn, token, interval)
             rows = accounts.list_all(conn)
-        hours = sessions.EXCHANGE_HOURS.get(row.exchange) or sessions.hours_for_token(token)
+        hours = (sessions.ALWAYS_OPEN if self.settings.market_hours == "always-open"
+                 else sessions.EXCHANGE_HOURS.get(row.exchange) or sessions.hours_for_token(token))
         windows = self._plan(hours, interval, days, last, start, end)
         pool = _AccountPool(self.engine, self.settings, self.limiter, self.client_factory,
                             self._usable(rows, token), extra)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     kite_redirect_url: str = DEFAULT_REDIRECT_URL
     ticker_secret_key: SecretStr = SecretStr("")
     mock_outside_market_hours: bool = False
+    # `exchange`: backfills count the exchanges' real sessions and holidays. `always-open`: every
+    # minute is in session, as the simulator's default market is (`up` sets it for its simulator).
+    market_hours: str = Field(default="exchange", pattern="^(exchange|always-open)$")
 
     @model_validator(mode="after")
     def _derive_celery_urls(self) -> Settings:

@@ -39,6 +39,8 @@ BSE_EQUITY = Hours(time(9, 15), time(15, 30), "XBOM")
 NSE_CURRENCY = Hours(time(9, 0), time(17, 0), "XNSE")
 BSE_CURRENCY = Hours(time(9, 0), time(17, 0), "XBOM")
 COMMODITY = Hours(time(9, 0), time(23, 30), "XNSE")
+#: Every minute of every day (MARKET_HOURS=always-open, the simulator's default market).
+ALWAYS_OPEN = Hours(time(0, 0), time.max, "")
 
 #: Hours by Kite segment code (`instrument_token & 0xFF`); indices (9) follow NSE equity.
 SEGMENT_HOURS: dict[int, Hours] = {
@@ -69,7 +71,9 @@ def holiday_name(hours: Hours, day: date) -> str | None:
 
 
 def is_trading_day(hours: Hours, day: date) -> bool:
-    """True on a weekday that is not an exchange holiday."""
+    """True on a weekday that is not an exchange holiday (every day when always open)."""
+    if not hours.calendar:
+        return True
     return day.weekday() < SATURDAY and day not in _holidays(hours.calendar, day.year)
 
 

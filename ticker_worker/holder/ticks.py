@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -84,6 +85,9 @@ class TickPipeline:
         self.frames_total = 0
         self.publish_failures = 0
         self.redis_ok = True
+        # Set by the holder: False when this process may no longer publish (it lost its lease).
+        self.gate: Callable[[], bool] = lambda: True
+        self.fenced_frames = 0
 
     async def put(self, frame: bytes) -> None:
         """Queue a frame; waits when the publisher is behind."""
@@ -107,6 +111,9 @@ class TickPipeline:
     async def _publish(self, body: bytes, tokens: list[int]) -> None:
         if not tokens:
             return
+        if not self.gate():
+            self.fenced_frames += 1
+            return
         now = time.time()
         self.newest_tick_at = now
         last_tick = self.last_tick
@@ -126,6 +133,11 @@ class TickPipeline:
             if self.redis_ok:
                 log.error("Redis unreachable: ticks are not being published")
             self.redis_ok = False
+
+    def clear(self) -> None:
+        """Drop every frame not yet published (the holder stepped down)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     def expect_first(self, tokens: list[int]) -> None:
         """These were just subscribed: their next tick is their acknowledgement."""

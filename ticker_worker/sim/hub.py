@@ -2,114 +2,30 @@
 
 One global clock advances every subscribed instrument once per interval; each connection then
 gets one binary frame with that step's packet for each of its instruments, in its chosen mode.
+A subscribe or mode change is answered at once with the current packets of the tokens it touched
+(see `connection.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from ticker_worker.kite.codec import HEARTBEAT
 from ticker_worker.sim.accounts import Account
+from ticker_worker.sim.connection import Connection
 from ticker_worker.sim.market import MODES, QUOTE, Market, TokenState
 
+__all__ = ["MAX_PENDING_FRAMES", "Connection", "Hub"]
+
 log = logging.getLogger(__name__)
-_COUNT = struct.Struct(">H")
 #: A connection this many frames behind is skipped for a step (its ticks are dropped and
 #: counted) rather than buffered without bound; volume still shows the consumer the gap.
 MAX_PENDING_FRAMES = 4
-
-
-class Connection:
-    """One ticker WebSocket: its subscriptions by mode, and a sender task with its own queue."""
-
-    def __init__(
-        self, conn_id: int, account: Account, ws: web.WebSocketResponse, heartbeat: float
-    ) -> None:
-        self.id = conn_id
-        self.account = account
-        self.ws = ws
-        self.heartbeat = heartbeat
-        self.modes: dict[int, int] = {}  # every subscribed token -> mode index
-        # Tokens the universe knows, by mode; unknown tokens are accepted but never tick.
-        self.feeds: tuple[dict[int, TokenState], ...] = ({}, {}, {})
-        self.pending: deque[bytes | str] = deque()
-        self._wakeup = asyncio.Event()
-        self._sender: asyncio.Task[None] | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def start(self, transport: asyncio.Transport | None) -> None:
-        """Begin sending, once the handshake is done."""
-        self.transport = transport
-        self._sender = asyncio.create_task(self._send_loop(), name=f"sim-conn-{self.id}")
-
-    def stop(self) -> None:
-        """Stop the sender task."""
-        if self._sender is not None:
-            self._sender.cancel()
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close handshake, like a network failure."""
-        if self.transport is not None:
-            self.transport.abort()
-
-    def frame(self) -> bytes | None:
-        """One binary message with the current packet of every ticking subscription."""
-        parts: list[bytes] = [b""]
-        append = parts.append
-        ltp, quote, full = self.feeds
-        for state in ltp.values():
-            append(state.ltp_packet())
-            state.sent += 1
-        for state in quote.values():
-            append(state.quote_packet())
-            state.sent += 1
-        for state in full.values():
-            append(state.full_packet())
-            state.sent += 1
-        if len(parts) == 1:
-            return None
-        parts[0] = _COUNT.pack(len(parts) - 1)
-        return b"".join(parts)
-
-    def push(self, message: bytes | str) -> None:
-        """Queue a binary frame or a text message for the sender."""
-        self.pending.append(message)
-        self._wakeup.set()
-
-    def push_error(self, message: str) -> None:
-        """Queue a Kite-style text error; the official client calls `on_error(ws, 0, message)`."""
-        self.push(orjson.dumps({"type": "error", "data": message}).decode())
-
-    async def _send_loop(self) -> None:
-        try:
-            while not self.ws.closed:
-                if not self.pending:
-                    self._wakeup.clear()
-                    try:
-                        async with asyncio.timeout(self.heartbeat):
-                            await self._wakeup.wait()
-                    except TimeoutError:
-                        if not self.account.muted:  # a muted socket sends nothing at all
-                            await self.ws.send_bytes(HEARTBEAT)
-                    continue
-                message = self.pending.popleft()
-                if self.account.muted:
-                    continue
-                if isinstance(message, str):
-                    await self.ws.send_str(message)
-                else:
-                    await self.ws.send_bytes(message)
-        except ConnectionError:
-            log.debug("connection %s went away while sending", self.id)
 
 
 class Hub:
@@ -123,17 +39,25 @@ class Hub:
         heartbeat_interval: float,
         max_tokens: int,
         max_connections: int,
+        slow_consumer_timeout: float = 10.0,
     ) -> None:
         self.market = market
         self.tick_interval = tick_interval
         self.heartbeat_interval = heartbeat_interval
         self.max_tokens = max_tokens
         self.max_connections = max_connections
+        self.slow_consumer_timeout = slow_consumer_timeout
         self.connections: dict[int, Connection] = {}
         self.live: dict[int, TokenState] = {}  # subscribed somewhere, so advanced every step
         self._refs: dict[int, int] = {}
         self._next_id = 1
         self.ticks_dropped = 0
+        # The market clock (sim/clock.py) sets these: simulated time, and closed segments.
+        self.now: Callable[[], float] = time.time
+        self.closed_segments: Callable[[float], frozenset[int]] = lambda _: frozenset()
+        self.slow_consumers_closed = 0
+        self.high_water = 0  # the most tokens any connection held, closed ones included
+        self.refused_total = 0
 
     def of(self, api_key: str) -> list[Connection]:
         """The open connections of one api key."""
@@ -143,7 +67,9 @@ class Hub:
         """Register a connection, or return None when the key already has the maximum."""
         if len(self.of(account.api_key)) >= self.max_connections:
             return None
-        conn = Connection(self._next_id, account, ws, self.heartbeat_interval)
+        conn = Connection(
+            self._next_id, account, ws, self.heartbeat_interval, self.slow_consumer_timeout
+        )
         self._next_id += 1
         self.connections[conn.id] = conn
         return conn
@@ -153,25 +79,44 @@ class Hub:
         if self.connections.pop(conn.id, None) is None:
             return
         conn.stop()
+        self.slow_consumers_closed += conn.slow
         self.unsubscribe(conn, list(conn.modes))
 
-    def subscribe(self, conn: Connection, tokens: Iterable[int]) -> int:
-        """Subscribe new tokens in `quote` mode, up to the cap; return how many were refused."""
-        refused = 0
-        now = int(time.time())
+    def subscribe(self, conn: Connection, tokens: Iterable[int]) -> list[int]:
+        """Subscribe new tokens in `quote` mode, up to the cap; return the refused tokens.
+
+        The new tokens' current packets are queued at once, as Kite acknowledges a subscribe.
+        """
+        added: list[int] = []
+        refused: list[int] = []
+        now = int(self.now())
         for token in tokens:
             if token in conn.modes:
                 continue  # duplicates are normal after a reconnect
             if len(conn.modes) >= self.max_tokens:
-                refused += 1
+                refused.append(token)
                 continue
             conn.modes[token] = QUOTE
+            added.append(token)
             state = self.market.state(token, now)
             if state is not None:
                 conn.feeds[QUOTE][token] = state
                 self._refs[token] = self._refs.get(token, 0) + 1
                 self.live[token] = state
+        conn.high_water = max(conn.high_water, len(conn.modes))
+        self.high_water = max(self.high_water, conn.high_water)
+        self._push_snapshot(conn, added)
+        if refused:
+            self.refused_total += len(refused)
+            conn.refuse(refused, (
+                f"subscribe: {len(refused)} token(s) refused: a connection holds at most "
+                f"{self.max_tokens} instruments"
+            ))
         return refused
+
+    def _push_snapshot(self, conn: Connection, tokens: list[int]) -> None:
+        if not conn.account.muted and (frame := conn.snapshot(tokens)) is not None:
+            conn.push(frame)
 
     def unsubscribe(self, conn: Connection, tokens: Iterable[int]) -> None:
         """Drop subscriptions; unknown or unsubscribed tokens are ignored."""
@@ -186,15 +131,21 @@ class Hub:
                 del self.live[token]
 
     def set_mode(self, conn: Connection, mode: int, tokens: Iterable[int]) -> None:
-        """Change the mode of subscribed tokens; tokens not subscribed are ignored."""
+        """Change the mode of subscribed tokens and queue their current packets in it.
+
+        Tokens not subscribed are ignored; a token already in that mode is sent again too.
+        """
+        changed: list[int] = []
         for token in tokens:
             old = conn.modes.get(token)
-            if old is None or old == mode:
+            if old is None:
                 continue
+            changed.append(token)
             conn.modes[token] = mode
             state = conn.feeds[old].pop(token, None)
             if state is not None:
                 conn.feeds[mode][token] = state
+        self._push_snapshot(conn, changed)
 
     async def run(self) -> None:
         """The clock: one step per `tick_interval`, never bursting to catch up after a stall."""
@@ -206,19 +157,21 @@ class Hub:
             if delay < 0:
                 next_at -= delay
             await asyncio.sleep(max(delay, 0))
-            await self.step(int(time.time()))
+            await self.step(int(self.now()))
 
     async def step(self, now: int) -> None:
         """Advance every live instrument once, then queue one frame per connection."""
+        closed = self.closed_segments(now)
         for state in self.live.values():
-            state.advance(now)
+            if not closed or state.token & 0xFF not in closed:
+                state.advance(now)
         for conn in list(self.connections.values()):
             if conn.account.muted or conn.id not in self.connections:
                 continue
             if len(conn.pending) >= MAX_PENDING_FRAMES:
                 self.ticks_dropped += sum(len(feed) for feed in conn.feeds)
                 continue
-            frame = conn.frame()
+            frame = conn.frame(closed)
             if frame is not None:
                 conn.push(frame)
                 await asyncio.sleep(0)  # let senders start writing while we build the rest
@@ -232,7 +185,11 @@ class Hub:
                 counts = dict.fromkeys(MODES, 0)
                 for mode in conn.modes.values():
                     counts[MODES[mode]] += 1
-                entry: dict[str, Any] = {"id": conn.id, "tokens": len(conn.modes), "modes": counts}
+                entry: dict[str, Any] = {
+                    "id": conn.id, "tokens": len(conn.modes), "modes": counts,
+                    "high_water": conn.high_water, "refused": conn.refused,
+                    "refusals": list(conn.refusals),
+                }
                 if with_tokens:
                     entry["token_list"] = sorted(conn.modes)
                 conns.append(entry)
@@ -243,6 +200,9 @@ class Hub:
             "ticks_sent": sent,
             "ticks_total": sum(sent.values()),
             "ticks_dropped": self.ticks_dropped,
+            "high_water": self.high_water,
+            "refused_total": self.refused_total,
+            "slow_consumers_closed": self.slow_consumers_closed,
         }
 
     def reset(self) -> None:
@@ -250,4 +210,4 @@ class Hub:
         for conn in list(self.connections.values()):
             conn.abort()
             self.close(conn)
-        self.ticks_dropped = 0
+        self.ticks_dropped = self.slow_consumers_closed = self.high_water = self.refused_total = 0

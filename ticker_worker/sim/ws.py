@@ -76,12 +76,7 @@ def apply_message(hub: Hub, conn: Connection, text: str) -> None:
         conn.push_error(str(exc))
         return
     if command.action == "subscribe":
-        refused = hub.subscribe(conn, command.tokens)
-        if refused:
-            conn.push_error(
-                f"subscribe: {refused} token(s) refused: a connection holds at most "
-                f"{hub.max_tokens} instruments"
-            )
+        hub.subscribe(conn, command.tokens)  # answers with the packets, and any refusal
     elif command.action == "unsubscribe":
         hub.unsubscribe(conn, command.tokens)
     else:

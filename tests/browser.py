@@ -10,10 +10,11 @@ driver manager never tries to download anything. Use it from a test module with
         browser.get("http://127.0.0.1:5555/")
         screenshot(browser, "flower-home")
 
-Screenshots land in `test-artifacts/` at the repository root (TEST_ARTIFACTS overrides it), which
-CI keeps; the helper returns the file's path. `basic_auth(driver, user, password)` makes every
-later request of that browser carry HTTP Basic credentials (what a person types into the
-browser's prompt, which headless Chromium cannot show).
+Screenshots land in `test-artifacts/` at the repository root (TEST_ARTIFACTS overrides it;
+git-ignored), kept after the run; the helper returns the file's path.
+`basic_auth(driver, user, password)` makes every later request of that browser carry HTTP Basic
+credentials (what a person types into the browser's prompt, which headless Chromium cannot
+show).
 """
 
 from __future__ import annotations

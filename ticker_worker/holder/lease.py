@@ -31,6 +31,7 @@ from ticker_worker.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 STANDBY_PERIOD = 0.2  # seconds between a standby's looks at the lease
+ANNOUNCE_PERIOD = 1.0  # seconds between presence announcements (Redis and the registry)
 T = TypeVar("T")
 
 
@@ -49,6 +50,7 @@ class LeaseKeeper:
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
+        self._announced_at = 0.0
 
     @property
     def role(self) -> str:
@@ -76,7 +78,8 @@ class LeaseKeeper:
                     await self._renew()
             except Exception as exc:  # noqa: BLE001 - Postgres away: judged below
                 log.warning("lease check failed: %s", exc)
-            await self._announce()
+            if time.monotonic() - self._announced_at >= ANNOUNCE_PERIOD:
+                await self._announce()
             if self.epoch is not None and not self.may_publish():
                 await self.lost("lease not renewed in time and another holder is alive")
             await asyncio.sleep(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
@@ -128,6 +131,7 @@ class LeaseKeeper:
 
     async def _announce(self) -> None:
         """Tell the others (Redis) and `status` (Postgres) that we are alive, in our role."""
+        self._announced_at = time.monotonic()
         key = self.keys.holder_alive(self.id)
         try:
             await self.redis.set(key, self.role, px=int(self.ttl * 1000))

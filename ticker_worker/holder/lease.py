@@ -49,6 +49,7 @@ class LeaseKeeper:
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
+        self.looked_at = float("-inf")  # monotonic time others_alive was last read from Redis
 
     @property
     def role(self) -> str:
@@ -61,10 +62,15 @@ class LeaseKeeper:
 
     def may_publish(self) -> bool:
         """Whether a tick may go out now: active, and either our lease is still ours by our own
-        clock or no other holder could have taken it (none alive)."""
+        clock or no other holder could have taken it (none alive, by a recent look)."""
         if self.epoch is None:
             return False
-        return time.monotonic() - self.renewed_at < self.ttl or not self.others_alive
+        now = time.monotonic()
+        if now - self.renewed_at < self.ttl:
+            return True
+        # "Nobody else is alive" is news only while fresh: a process resumed after a pause saw
+        # it before the pause, and a standby may have started and taken over meanwhile.
+        return not self.others_alive and now - self.looked_at < self.ttl
 
     async def run(self) -> None:
         """Take, renew or wait, forever."""
@@ -130,10 +136,11 @@ class LeaseKeeper:
         """Tell the others (Redis) and `status` (Postgres) that we are alive, in our role."""
         key = self.keys.holder_alive(self.id)
         try:
+            asked = time.monotonic()
             await self.redis.set(key, self.role, px=int(self.ttl * 1000))
             others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
                       if k.decode() != key]
-            self.others_alive = bool(others)
+            self.others_alive, self.looked_at = bool(others), asked
         except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
             pass
         with contextlib.suppress(Exception):  # reported by the lease check already

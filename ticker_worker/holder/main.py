@@ -108,7 +108,9 @@ class HolderApp:
             now, total = time.monotonic(), self.ticks.ticks_total
             self.rate = (total - last_total) / max(now - last_at, 1e-6)
             last_total, last_at = total, now
-            if self.lease.active.is_set():
+            # The same gate as ticks: a holder resumed after a pause must not overwrite the
+            # new active holder's state with its own stale "active" before it steps down.
+            if self.lease.active.is_set() and self.lease.may_publish():
                 with contextlib.suppress(Exception):
                     await self.aredis.set(self.rt.keys.holder_state,
                                           orjson.dumps(self.document()), ex=STATE_TTL)

@@ -41,7 +41,7 @@ class TickClock:
     """
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
-        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = own_client(client).pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(channel)
         self.last: dict[int, float] = {}
         self.max_gap: dict[int, float] = {}
@@ -53,7 +53,7 @@ class TickClock:
 
     def _run(self) -> None:
         while not self.stopped.is_set():
-            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            with contextlib.suppress(redis.RedisError, OSError):
                 message = self.pubsub.get_message(timeout=0.2)
                 if message is None:
                     continue
@@ -97,6 +97,12 @@ class TickClock:
         self.pubsub.close()
 
 
+def own_client(client: redis.Redis) -> redis.Redis:
+    """A client on a pool of its own, with `client`'s server and options."""
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        **client.connection_pool.connection_kwargs))
+
+
 class CommandLog:
     """Every command the Redis server executes (MONITOR), with its server time and client port.
 
@@ -105,7 +111,7 @@ class CommandLog:
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self.client = redis.Redis(**client.connection_pool.connection_kwargs)
+        self.client = own_client(client)
         self.commands: list[tuple[float, int, str]] = []
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -134,7 +140,7 @@ class CommandLog:
         self.stopped.set()
         # next_command() blocks until the server sends something: give it one command to echo.
         with contextlib.suppress(Exception):
-            redis.Redis(**self.client.connection_pool.connection_kwargs).ping()
+            own_client(self.client).ping()
         self.thread.join(5)
         self.client.close()
 

@@ -23,6 +23,7 @@ from ticker_worker.core.gaps import Gap, GapBook
 from ticker_worker.core.placement import Layout, Slot
 from ticker_worker.core.reconcile import Placed, Plan, plan
 from ticker_worker.db.accounts import AccountRow
+from ticker_worker.errors import Fenced
 from ticker_worker.holder.accounts import AccountState
 from ticker_worker.holder.ports import Clock, Event, Link, LinkFactory, Publisher, Store, TickSink
 
@@ -56,6 +57,7 @@ class HolderCore:
         self.gaps = GapBook()
         self.awaiting: list[int] = []  # re-sent once and still without a first tick
         self.placing = False  # a bulk change is being placed slice by slice
+        self.stood_down = False  # close() ran: a pass still in flight must open no socket
         self.reconciles = 0
         self.last_reconcile_at = 0.0
         self.reconcile_seconds = 0.0
@@ -141,6 +143,8 @@ class HolderCore:
     def link(self, slot: Slot) -> Link:
         """The connection of `slot`, opened on first use, restarted if it had given up (a 403
         before the account's token was renewed)."""
+        if self.stood_down:  # a pass that began before the step-down sends nothing
+            raise Fenced(0)
         state = self.accounts[slot[0]]
         conn = state.connections.get(slot[1])
         if conn is None:
@@ -227,6 +231,8 @@ class HolderCore:
     async def resume(self) -> int:
         """Starting or taking over: every row still active has been silent since its last
         recorded tick; open its gap (closed by its first tick through this holder)."""
+        self._forget()  # whatever a pass still in flight at the step-down left behind
+        self.stood_down = False
         rows = await self.store.streaming_since()
         by_token = {r.instrument_token: r for r in rows}
         return self.gaps.begin(by_token, lambda t: by_token[t].since.timestamp(),
@@ -240,10 +246,14 @@ class HolderCore:
     async def close(self) -> None:
         """Close every connection; forget what they held and what they owed. A standby holds
         nothing and owes no word: whoever takes over reports the silence from its resume()."""
+        self.stood_down = True
         for state in self.accounts.values():
             for conn in state.connections.values():
                 await conn.stop()
             state.connections.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         self.actual.clear()
         self.releases.clear()
         self.confirmed.clear()

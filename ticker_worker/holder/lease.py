@@ -51,6 +51,7 @@ class LeaseKeeper:
         self.takeovers = 0
         self.others_alive = False
         self._announced_at = 0.0
+        self.looked_at = float("-inf")  # monotonic time others_alive was last read from Redis
 
     @property
     def role(self) -> str:
@@ -63,10 +64,15 @@ class LeaseKeeper:
 
     def may_publish(self) -> bool:
         """Whether a tick may go out now: active, and either our lease is still ours by our own
-        clock or no other holder could have taken it (none alive)."""
+        clock or no other holder could have taken it (none alive, by a recent look)."""
         if self.epoch is None:
             return False
-        return time.monotonic() - self.renewed_at < self.ttl or not self.others_alive
+        now = time.monotonic()
+        if now - self.renewed_at < self.ttl:
+            return True
+        # "Nobody else is alive" is news only while fresh: a process resumed after a pause saw
+        # it before the pause, and a standby may have started and taken over meanwhile.
+        return not self.others_alive and now - self.looked_at < self.ttl
 
     async def run(self) -> None:
         """Take, renew or wait, forever."""
@@ -79,7 +85,10 @@ class LeaseKeeper:
             except Exception as exc:  # noqa: BLE001 - Postgres away: judged below
                 log.warning("lease check failed: %s", exc)
             if time.monotonic() - self._announced_at >= ANNOUNCE_PERIOD:
-                await self._announce()
+                self._announced_at = time.monotonic()
+                with contextlib.suppress(Exception):  # reported by the lease check already
+                    await self._call(sql.seen, self.id, self.host, self.pid, self.role,
+                                     self.epoch)
             if self.epoch is not None and not self.may_publish():
                 await self.lost("lease not renewed in time and another holder is alive")
             await asyncio.sleep(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
@@ -129,16 +138,19 @@ class LeaseKeeper:
         return await asyncio.wait_for(self.db.run(in_conn(fn), *args, lane="lease"),
                                       self.ttl / 2)
 
-    async def _announce(self) -> None:
-        """Tell the others (Redis) and `status` (Postgres) that we are alive, in our role."""
-        self._announced_at = time.monotonic()
-        key = self.keys.holder_alive(self.id)
-        try:
-            await self.redis.set(key, self.role, px=int(self.ttl * 1000))
-            others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
-                      if k.decode() != key]
-            self.others_alive = bool(others)
-        except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
-            pass
-        with contextlib.suppress(Exception):  # reported by the lease check already
-            await self._call(sql.seen, self.id, self.host, self.pid, self.role, self.epoch)
+    async def presence(self) -> None:
+        """Announce ourselves in Redis and look for the others, once a second, forever.
+
+        A loop of its own: a frozen Postgres slows the lease loop down, never this look, on
+        which `may_publish` relies."""
+        while True:
+            key = self.keys.holder_alive(self.id)
+            try:
+                asked = time.monotonic()
+                await self.redis.set(key, self.role, px=int(self.ttl * 1000))
+                others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
+                          if k.decode() != key]
+                self.others_alive, self.looked_at = bool(others), asked
+            except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
+                pass
+            await asyncio.sleep(ANNOUNCE_PERIOD)

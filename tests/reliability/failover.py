@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections import defaultdict
@@ -17,13 +18,13 @@ import psutil
 import redis
 from sqlalchemy import Engine, text
 
-from tests.conftest import insert_instruments
 from tests.e2e.stack import Holder, Sim
 from tests.procs import free_port, wait_for
 
 
 def load_many(engine: Engine, universe: list[dict[str, Any]], n: int) -> list[int]:
     """`n` tradable non-index instruments of the simulator's dump, into the registry."""
+    from tests.conftest import insert_instruments  # here: the benchmarks import this module
     from ticker_worker.db.instruments import COLUMNS
 
     rows = sorted((r for r in universe if r["segment"] != "INDICES"),
@@ -34,7 +35,8 @@ def load_many(engine: Engine, universe: list[dict[str, Any]], n: int) -> list[in
 
 
 class TickClock:
-    """When each instrument last ticked on the channel, and its longest silence while recording.
+    """When each instrument ticked on the channel (wall-clock seconds, comparable with
+    Postgres's and Redis's clocks on this host), and its longest silence while recording.
 
     Lighter than the e2e Listener (which keeps every tick): 9,000 instruments tick here for
     minutes, and only arrival times matter.
@@ -45,6 +47,7 @@ class TickClock:
         self.pubsub.subscribe(channel)
         self.last: dict[int, float] = {}
         self.max_gap: dict[int, float] = {}
+        self.arrivals: dict[int, list[float]] | None = None
         self.recording = False
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -57,7 +60,7 @@ class TickClock:
                 message = self.pubsub.get_message(timeout=0.2)
                 if message is None:
                     continue
-                now = time.monotonic()
+                now = time.time()
                 ticks = orjson.loads(message["data"])
                 with self.lock:
                     for tick in ticks:
@@ -66,19 +69,17 @@ class TickClock:
     def _see(self, token: int, now: float) -> None:
         previous = self.last.get(token)
         self.last[token] = now
+        if self.arrivals is not None:
+            self.arrivals.setdefault(token, []).append(now)
         if self.recording and previous is not None:
             gap = now - previous
             if gap > self.max_gap.get(token, 0.0):
                 self.max_gap[token] = gap
 
     def ticked_since(self, since: float, tokens: list[int]) -> bool:
-        """Every one of `tokens` ticked after `since` (a time.monotonic() value)."""
+        """Every one of `tokens` ticked after `since` (a time.time() value)."""
         with self.lock:
             return all(self.last.get(t, 0.0) > since for t in tokens)
-
-    def missing_since(self, since: float, tokens: list[int]) -> list[int]:
-        with self.lock:
-            return [t for t in tokens if self.last.get(t, 0.0) <= since]
 
     def record(self) -> None:
         """Start measuring silences (from each instrument's next tick on)."""
@@ -90,6 +91,24 @@ class TickClock:
         with self.lock:
             token = max(self.max_gap, key=lambda t: self.max_gap[t])
             return token, self.max_gap[token]
+
+    def keep_arrivals(self, keep: bool) -> None:
+        """Keep every arrival from now on (each list starts with the last one before), or stop."""
+        with self.lock:
+            self.arrivals = {t: [at] for t, at in self.last.items()} if keep else None
+
+    def first_after(self, since: float, tokens: list[int]) -> dict[int, float]:
+        """Each token's first kept arrival after `since`."""
+        assert self.arrivals is not None
+        with self.lock:
+            return {t: next(a for a in self.arrivals[t] if a > since) for t in tokens}
+
+    def longest_silence(self) -> float:
+        """The longest time between two kept arrivals of one instrument."""
+        assert self.arrivals is not None
+        with self.lock:
+            return max((b - a for seen in self.arrivals.values()
+                        for a, b in itertools.pairwise(seen)), default=0.0)
 
     def stop(self) -> None:
         self.stopped.set()

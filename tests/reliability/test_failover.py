@@ -92,12 +92,12 @@ def test_kill_9_on_the_active_holder_with_9000_streaming(
         epoch_before = lease_row(db).epoch
 
         watch = ConnectionWatch(calm_stack.sim)
-        killed_at = time.monotonic()
+        killed_at = time.time()
         first.proc.kill()
         wait_role(second, "active", 30)
         wait_for(lambda: clock.ticked_since(killed_at, tokens), 90,
                  "every instrument ticking again through the standby")
-        print(f"all {MANY} ticking again {time.monotonic() - killed_at:.2f} s after the kill")
+        print(f"all {MANY} ticking again {time.time() - killed_at:.2f} s after the kill")
         wait_for(lambda: streaming_once(calm_stack.sim, tokens), 30,
                  "each instrument on exactly one simulator connection")
         watch.stop()
@@ -135,12 +135,12 @@ def test_sigterm_hand_over_silences_no_instrument_for_a_second(
     clock = TickClock(rredis, KEYS.ticks)  # the session simulator ticks every 0.2 s
     try:
         wait_for(lambda: all_active(db, tokens), 30, "the subscriptions active")
-        begun = time.monotonic()
+        begun = time.time()
         wait_for(lambda: clock.ticked_since(begun, tokens), 30, "ticks flowing")
         clock.record()
         stopped_at = time.monotonic()
         assert first.proc.stop(signal.SIGTERM) == 0, "the holder did not stop cleanly"
-        exited = time.monotonic()
+        exited = time.time()
         wait_role(second, "active", 10)
         # The barrier: every instrument ticked through the new holder after the old one exited.
         wait_for(lambda: clock.ticked_since(exited, tokens), 30,

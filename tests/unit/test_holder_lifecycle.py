@@ -288,3 +288,18 @@ async def test_a_holder_that_steps_down_and_back_reports_only_the_silence_since_
     await a.tick_all()
     await a.core.settle()
     assert {g["gap_start"] for g in gaps(a).values()} == {iso(streamed_until)}
+
+
+async def test_room_freed_by_a_nudge_pass_places_a_queued_row_without_waiting_for_the_timer(
+) -> None:
+    h = Harness(per_conn=2)
+    await h.stream(1, 2)
+    h.db.subscribe(3)
+    await h.nudge(3)
+    assert h.row(3).status == "queued"
+    h.db.unsubscribe(1)
+    await h.nudge(1)  # the core itself asks for the full pass that reads the queued row
+    assert h.row(3).status == "active"
+    assert [e["event_type"] for e in h.publisher.events if e["instrument_token"] == 3] == [
+        "subscription_queued", "subscription_created"]
+    h.assert_streaming()

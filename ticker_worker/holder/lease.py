@@ -52,6 +52,7 @@ class LeaseKeeper:
         self.others_alive = False
         self._announced_at = 0.0
         self.looked_at = float("-inf")  # monotonic time others_alive was last read from Redis
+        self._stuck: asyncio.Future[Any] | None = None  # a lease call that outlived its wait
 
     @property
     def role(self) -> str:
@@ -134,9 +135,18 @@ class LeaseKeeper:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         # Never wait on Postgres longer than a fraction of the lease: a frozen or cut-off server
-        # must not stop this loop from judging the lease by its own clock.
-        return await asyncio.wait_for(self.db.run(in_conn(fn), *args, lane="lease"),
-                                      self.ttl / 2)
+        # must not stop this loop from judging the lease by its own clock. Nor queue a call
+        # behind one still stuck in the lane: when the partition heals, a backlog of stale
+        # calls (registry rows saying "active", takeovers nobody waits for) would run in a burst.
+        if self._stuck is not None and not self._stuck.done():
+            raise TimeoutError("the previous lease call is still waiting on Postgres")
+        call = asyncio.ensure_future(self.db.run(in_conn(fn), *args, lane="lease"))
+        try:
+            return await asyncio.wait_for(asyncio.shield(call), self.ttl / 2)
+        except TimeoutError:
+            self._stuck = call
+            call.add_done_callback(_retrieve)
+            raise
 
     async def presence(self) -> None:
         """Announce ourselves in Redis and look for the others, once a second, forever.
@@ -154,3 +164,9 @@ class LeaseKeeper:
             except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
                 pass
             await asyncio.sleep(ANNOUNCE_PERIOD)
+
+
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    """Consume the outcome of a call nobody awaits any more (no "never retrieved" warning)."""
+    if not call.cancelled():
+        call.exception()

@@ -57,8 +57,8 @@ class HolderApp:
                                               socket_connect_timeout=5)
         engine = make_engine(s.database_url, pool_size=3, application_name="ticker_worker-holder",
                              statement_timeout_ms=10_000, lock_timeout_ms=2_000,
-                             connect_timeout=2, keepalives=True)
-        self.db = Database(engine.execution_options(isolation_level="AUTOCOMMIT"))
+                             connect_timeout=2, keepalives=True, autocommit=True)
+        self.db = Database(engine)
         self.listener = NudgeListener(s.database_url, asyncio.Event())
         self.lease = LeaseKeeper(self.db, self.aredis, rt.keys, s.lease_ttl,
                                  self._on_active, self._on_standby)

@@ -18,6 +18,7 @@ SUITE = [
     ("holder: latency, disruption, bulk, memory", ["-m", "benchmarks.bench_holder"]),
     ("backfill: request rate and candle upserts", ["benchmarks/bench_backfill.py"]),
     ("simulator throughput", ["benchmarks/bench_sim.py"]),
+    ("failover: kill -9, SIGTERM hand-over, standby cost", ["-m", "benchmarks.bench_failover"]),
 ]
 
 

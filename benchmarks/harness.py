@@ -224,3 +224,9 @@ def percentile(values: list[float], q: float) -> float:
 def summary(values: list[float]) -> dict[str, float]:
     return {"n": len(values), "p50_ms": percentile(values, 50) * 1e3,
             "p99_ms": percentile(values, 99) * 1e3, "mean_ms": statistics.mean(values) * 1e3}
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """A figure as its median with the min-max of the runs: `7.9 [6.8-9.4]`."""
+    return (f"{fmt.format(statistics.median(values))} "
+            f"[{fmt.format(min(values))}-{fmt.format(max(values))}]")

@@ -404,3 +404,26 @@ def test_a_worker_without_the_limiter_retries_429s_until_done(
             "SELECT instrument_token, count(*) FROM candles GROUP BY 1")).all())
     assert {r["instrument_token"] for r in results} == set(counts)
     assert len(set(counts.values())) == 1  # every instrument has the same sessions
+
+
+@pytest.mark.e2e
+def test_a_gap_backfill_delivered_twice_by_the_broker_calls_kite_once(
+    db: Engine, kite_settings: Settings
+) -> None:
+    from ticker_worker.celery import app
+
+    proc = _worker(kite_settings, LOG_LEVEL="INFO")
+    gap = {"interval": "minute", "start": "2025-03-07T10:00:00+05:30",
+           "end": "2025-03-07T10:04:00+05:30"}
+    try:
+        # As the relay sends it: kwargs start/end, the task id derived from the gap event's id.
+        first = app.send_task("ticker_worker.backfill", args=[INFY], kwargs=gap,
+                              task_id="gap-event-42", queue="backfill").get(timeout=120)
+        app.send_task("ticker_worker.backfill", args=[INFY], kwargs=gap,
+                      task_id="gap-event-42", queue="backfill")
+        wait_for(lambda: "gap-event-42 was done already" in proc.output(), 60,
+                 "the second delivery to finish")
+    finally:
+        proc.stop()
+    assert first["candles"] == 5
+    assert proc.output().count("backfill 408065 minute: chunk 1 of 1") == 1  # one Kite request

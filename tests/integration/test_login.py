@@ -7,6 +7,7 @@ played here by urllib (tests/e2e/test_morning_login.py plays it with headless Ch
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.parse
@@ -127,6 +128,9 @@ def test_login_with_a_pasted_request_token(
     local = expires.astimezone(IST)
     assert (local.hour, local.minute) == (6, 0)
     assert timedelta(0) < expires - datetime.now(UTC) <= timedelta(days=1)
+    listed = cli(env, "list")
+    assert listed.returncode == 0 and token not in listed.stdout and SECRET not in listed.stdout
+    assert re.search(r"acct .* \d+h\d\dm ", listed.stdout), listed.stdout  # the token's time left
     done = cli(env, "logout", "acct")
     assert done.returncode == 0, done.stderr
     row = account(engine)

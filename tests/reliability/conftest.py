@@ -255,6 +255,27 @@ def stack(request: pytest.FixtureRequest, sim: Sim, db: Engine, rdb_url: str,
     s.close(_failed(request))
 
 
+@pytest.fixture
+def pg_engine(pg_cluster: PostgresCluster) -> Iterator[Engine]:
+    url = pg_cluster.url("ticker_worker")
+    migrate.upgrade(url)
+    engine = make_engine(url, application_name="reliability-tests")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_stack(request: pytest.FixtureRequest, sim: Sim, pg_cluster: PostgresCluster,
+             pg_engine: Engine, rredis: redis.Redis, redis_server: RedisServer
+             ) -> Iterator[Stack]:
+    """Holders and workers on a private Postgres cluster (for tests that stop or freeze it)."""
+    s = Stack(sim, pg_cluster.url("ticker_worker"), redis_server.url)
+    yield s
+    s.close(_failed(request))
+    if _failed(request):
+        print(f"\n===== private postgres log =====\n{pg_cluster.log()[-4000:]}")
+
+
 # ---- checks shared by the tests -------------------------------------------------------------
 
 

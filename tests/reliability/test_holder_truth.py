@@ -59,18 +59,26 @@ def events(listener: Any, kind: str) -> list[dict[str, Any]]:
     return [e for e in listener.get(KEYS.events) if e["event_type"] == kind]
 
 
+def three_thousand(stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
+                   spare: int, **holder: object) -> tuple[list[int], list[int], Any]:
+    """One account streaming 3,000 instruments (a full connection); `spare` more in the
+    registry. Returns (streaming, spare tokens, a listener of events and ticks)."""
+    stack.sim.call("POST", "/_sim/reset")
+    tokens = registry(db, universe, 3000 + spare)
+    add_accounts(db, 1)
+    stack.holder(**holder)
+    listener = stack.listen(rredis)
+    commands.subscribe_many(db, tokens[:3000], "quote")
+    wait_for(lambda: all_active(db, tokens[:3000]), 60, "3,000 instruments active")
+    return tokens[:3000], tokens[3000:], listener
+
+
 def test_swaps_on_a_full_connection_keep_every_active_instrument_ticking(
     stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
 ) -> None:
     sim = stack.sim
-    sim.call("POST", "/_sim/reset")
-    tokens = registry(db, universe, 3080)
-    streaming, spare = tokens[:3000], tokens[3000:]
-    add_accounts(db, 1)
-    stack.holder(max_connections_per_account=1)
-    listener = stack.listen(rredis)
-    commands.subscribe_many(db, streaming, "quote")
-    wait_for(lambda: all_active(db, streaming), 60, "3,000 instruments active")
+    streaming, spare, listener = three_thousand(stack, db, universe, rredis, 80,
+                                                max_connections_per_account=1)
     wait_for(lambda: sim.stats()["high_water"] == 3000, 30, "3,000 tokens on the connection")
 
     swapped_in: list[int] = []
@@ -216,3 +224,28 @@ def test_second_holder_waits_as_standby_and_takes_over(
     listener = stack.listen(rredis)
     wait_for(lambda: set(tokens) <= seen_since(listener, 0), 30, "ticks through the new holder")
     assert streaming_once(sim, tokens)
+
+
+def test_gap_backfills_of_a_3000_drop_never_delay_a_new_subscriptions_backfill(
+    stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
+) -> None:
+    sim = stack.sim
+    _, (new,), listener = three_thousand(stack, db, universe, rredis, 1)
+    wait_for(lambda: len(events(listener, "subscription_created")) == 3000, 30, "their events")
+    wait_for(lambda: rredis.llen("backfill") == 3000, 30, "their backfills enqueued")
+    rredis.delete("backfill")  # 1,000 s of history at 3 requests/s: not what this test is about
+    stack.worker(queues="celery,backfill,backfill_gaps", KITE_API_ROOT=sim.http,
+                 BACKFILL_DAYS="1", MARKET_HOURS="always-open")
+
+    sim.fault("drop", "key1")
+    wait_for(lambda: len(events(listener, "stream_gap")) == 3000, 60, "3,000 stream gaps")
+    wait_for(lambda: rredis.llen("backfill_gaps") > 2900, 30, "their backfills queued")
+    commands.subscribe(db, new, "quote")
+    created = wait_for(lambda: [e for e in events(listener, "subscription_created")
+                                if e["instrument_token"] == new], 30, "the new instrument placed")
+    backend = Celery(broker=stack.redis_url, backend=stack.redis_url)
+    result = backend.AsyncResult(created[0]["event_id"])
+    wait_for(result.ready, 60, "the new subscription's backfill")
+    assert result.successful(), result.result
+    # Kite allows 3 historical requests a second: most gap backfills are still waiting.
+    assert rredis.llen("backfill_gaps") > 2500, rredis.llen("backfill_gaps")

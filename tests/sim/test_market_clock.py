@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 from kiteconnect import KiteConnect
 
@@ -69,9 +71,34 @@ def test_ticks_only_in_session_at_0914_59_and_0915_00() -> None:
 
 @pytest.fixture(scope="module")
 def real_sim() -> Iterator[ThreadedSim]:
-    server = ThreadedSim(SimConfig(port=0, market="real", now=at(dt.date(2026, 11, 30), 8, 0)))
+    server = ThreadedSim(SimConfig(port=0, market="real", now=at(dt.date(2026, 11, 30), 8, 0),
+                                   tick_interval=0.1, heartbeat_interval=0.2))
     yield server
     server.close()
+
+
+def test_on_a_saturday_the_socket_beats_but_does_not_tick(real_sim: ThreadedSim) -> None:
+    real_sim.call("POST", "/_sim/clock?now=2026-11-28T11:00:00%2B05:30")
+
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+                f"{real_sim.ws}/?api_key=weekend&access_token=t") as ws:
+            await ws.send_str(json.dumps({"a": "subscribe", "v": [INFY, NIFTY]}))
+            sizes: list[int] = []
+            while sizes.count(1) < 5:  # five heartbeats: the clock stepped many times meanwhile
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                sizes.append(len(msg.data))
+            assert all(size == 1 for size in sizes), "a tick on a Saturday"
+            real_sim.call("POST", "/_sim/clock?now=2026-11-27T09:15:00%2B05:30")
+            while True:  # Friday, in session: ticks follow
+                msg = await asyncio.wait_for(ws.receive(), 5)
+                if len(msg.data) > 1:
+                    return [t["instrument_token"] for t in decode_frame(msg.data)]
+
+    try:
+        assert sorted(asyncio.run(main())) == [NIFTY, INFY]
+    finally:
+        real_sim.call("POST", "/_sim/clock?now=2026-11-30T08:00:00%2B05:30")
 
 
 def test_historical_candles_only_in_past_sessions(real_sim: ThreadedSim) -> None:

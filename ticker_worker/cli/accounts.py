@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import click
 import orjson
 
 from ticker_worker import crypto
 from ticker_worker.cli.common import cli_runtime, database_errors
 from ticker_worker.cli.login import SecretInput, login, logout, new_secret_key, set_secret
+from ticker_worker.cli.status import time_left
 from ticker_worker.db import accounts as repo
 from ticker_worker.logs import mask
 
@@ -45,20 +48,22 @@ def add(name: str, api_key: str, api_secret: str | None, access_token: str | Non
 def list_(as_json: bool) -> None:
     """List accounts with their state; tokens masked."""
     with database_errors(), cli_runtime().engine.connect() as conn:
-        rows = [a.public() for a in repo.list_all(conn)]
+        accounts_ = repo.list_all(conn)
+    rows = [a.public() for a in accounts_]
     if as_json:
         click.echo(orjson.dumps(rows).decode())
         return
     if not rows:
         click.echo("no accounts: add one with `ticker-worker accounts add NAME --api-key K`")
         return
-    click.echo(f"{'NAME':<16} {'API KEY':<20} {'TOKEN':<8} {'ENABLED':<8} HEALTH")
-    for r in rows:
+    click.echo(f"{'NAME':<16} {'API KEY':<20} {'TOKEN':<8} {'LEFT':<8} {'ENABLED':<8} HEALTH")
+    for account, r in zip(accounts_, rows, strict=True):
         health = "ok" if r["healthy"] else f"unhealthy: {r['reason']}"
         enabled = "yes" if r["enabled"] else "no"
-        click.echo(
-            f"{r['name']:<16} {r['api_key']:<20} {r['access_token']:<8} {enabled:<8} {health}"
-        )
+        expires = account.token_expires_at
+        left = time_left(None if expires is None else round(expires.timestamp() - time.time()))
+        click.echo(f"{r['name']:<16} {r['api_key']:<20} {r['access_token']:<8} {left:<8} "
+                   f"{enabled:<8} {health}")
 
 
 @accounts.command("set-token")

@@ -23,12 +23,22 @@ from ticker_worker.core.gaps import Gap, GapBook
 from ticker_worker.core.placement import Layout, Slot
 from ticker_worker.core.reconcile import Placed, Plan, plan
 from ticker_worker.db.accounts import AccountRow
+from ticker_worker.errors import Fenced
 from ticker_worker.holder.accounts import AccountState
 from ticker_worker.holder.ports import Clock, Event, Link, LinkFactory, Publisher, Store, TickSink
 
 log = logging.getLogger(__name__)
 PASS_LIMIT = 4000  # new rows placed per pass: a bulk change goes in slices
 AUTH_REASON = "access token rejected by Kite (403): run `ticker-worker accounts login` or set-token"
+
+
+def _left(result: Plan) -> list[int]:
+    """Tokens the plan takes off their connections or leaves with none (queued, failed,
+    removed): no new connection will confirm them, so a pending release, an open gap and
+    their tick bookkeeping end now."""
+    return ([t for tokens in result.unsubscribe.values() for t in tokens]
+            + [d.token for d, _ in result.queued] + [d.token for d, _ in result.failed]
+            + [d.token for d in result.removed])
 
 
 class HolderCore:
@@ -47,6 +57,8 @@ class HolderCore:
         self.gaps = GapBook()
         self.awaiting: list[int] = []  # re-sent once and still without a first tick
         self.placing = False  # a bulk change is being placed slice by slice
+        self.has_queued = False  # rows wait as `queued` for room (known from the last passes)
+        self.stood_down = False  # close() ran: a pass still in flight must open no socket
         self.reconciles = 0
         self.last_reconcile_at = 0.0
         self.reconcile_seconds = 0.0
@@ -75,11 +87,23 @@ class HolderCore:
             if events:
                 await self.publisher.publish(events)
             self._log_plan(result)
+        self._place_queued_soon(result, desired, full)
         await self._retire_unusable()
         self.last_reconcile_at = self.clock.time()
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciles += 1
         return result
+
+    def _place_queued_soon(self, result: Plan, desired: list[Any], full: bool) -> None:
+        """A nudge's pass reads only the rows it names: when it frees room while rows wait as
+        `queued`, ask for a full pass now rather than at the timer."""
+        if full:
+            self.has_queued = bool(result.queued) or any(
+                d.wanted and d.status == "queued" and d.token not in self.actual for d in desired)
+        elif result.queued:
+            self.has_queued = True
+        elif self.has_queued and (result.unsubscribe or result.failed):
+            self.ask(True)
 
     def _slice(self, desired: list[Any], full: bool, tokens: set[int] | None) -> list[Any]:
         """At most PASS_LIMIT new rows per pass; the rest go to the next pass at once."""
@@ -121,19 +145,19 @@ class HolderCore:
         for slot, messages in by_slot.items():
             await self.link(slot).apply(messages)
         self.releases.update(result.release_after_ack)
-        gone = [t for tokens in result.unsubscribe.values() for t in tokens
-                if t not in self.actual]
+        gone = [t for t in dict.fromkeys(_left(result)) if t not in self.actual]
         await self._release([t for t in gone if t in self.releases])
         self.gaps.end(gone, self.clock.time())
         self.ticks.forget(gone)
-        placed = [d.token for d, _ in result.activated]
-        for t in placed:
+        for t in gone + [d.token for d, _ in result.activated]:
             self.refused.pop(t, None)
         self.ticks.expect_first([d.token for d, _ in result.activated if d.status != "active"])
 
     def link(self, slot: Slot) -> Link:
         """The connection of `slot`, opened on first use, restarted if it had given up (a 403
         before the account's token was renewed)."""
+        if self.stood_down:  # a pass that began before the step-down sends nothing
+            raise Fenced(0)
         state = self.accounts[slot[0]]
         conn = state.connections.get(slot[1])
         if conn is None:
@@ -151,10 +175,13 @@ class HolderCore:
             if old is not None:
                 by_slot[old].append(t)
         for slot, batch in by_slot.items():
-            state = self.accounts.get(slot[0])
-            conn = state.connections.get(slot[1]) if state else None
-            if conn is not None:
+            if (conn := self._existing(slot)) is not None:
                 await conn.apply([wire.Message(slot, "unsubscribe", tuple(batch))])
+
+    def _existing(self, slot: Slot) -> Link | None:
+        """The connection of `slot` if it is open (never opens one)."""
+        state = self.accounts.get(slot[0])
+        return state.connections.get(slot[1]) if state else None
 
     async def _retire_unusable(self) -> None:
         held = {slot for slot in self.releases.values()}
@@ -217,6 +244,8 @@ class HolderCore:
     async def resume(self) -> int:
         """Starting or taking over: every row still active has been silent since its last
         recorded tick; open its gap (closed by its first tick through this holder)."""
+        self._forget()  # whatever a pass still in flight at the step-down left behind
+        self.stood_down = False
         rows = await self.store.streaming_since()
         by_token = {r.instrument_token: r for r in rows}
         return self.gaps.begin(by_token, lambda t: by_token[t].since.timestamp(),
@@ -228,14 +257,22 @@ class HolderCore:
         return [c for s in self.accounts.values() for c in s.connections.values()]
 
     async def close(self) -> None:
-        """Close every connection; forget what they held (a standby holds nothing)."""
+        """Close every connection; forget what they held and what they owed. A standby holds
+        nothing and owes no word: whoever takes over reports the silence from its resume()."""
+        self.stood_down = True
         for state in self.accounts.values():
             for conn in state.connections.values():
                 await conn.stop()
             state.connections.clear()
+        self._forget()
+
+    def _forget(self) -> None:
         self.actual.clear()
         self.releases.clear()
         self.confirmed.clear()
+        self.refused.clear()
+        self.awaiting = []
+        self.gaps.open.clear()
 
     # ---- what the connections report (LinkEvents) --------------------------------------------
 
@@ -257,15 +294,30 @@ class HolderCore:
                 self.confirmed.add(t)
 
     def on_lost(self, conn: Any, reason: str) -> None:
-        """A connection went away: each instrument it carried is silent from its last tick."""
+        """A connection went away: each instrument that streamed only through it is silent from
+        its last tick. A moving one streams on its old and its new connection until the new one
+        confirms it: losing one leaves the other, and voids the lost one's confirmation."""
         slot = (conn.account, conn.index)
-        mine = [t for t in conn.tokens if (p := self.actual.get(t)) is not None and p.slot == slot]
+        self.confirmed -= {t for t in conn.tokens if self._home(t) == slot}
+        mine = [t for t in conn.tokens if self._silenced(t, slot)]
         last, lost_at = self.ticks.last_tick, self.clock.time()
         opened = self.gaps.begin(mine, lambda t: last.get(t, lost_at), self._placed_of,
                                  conn.account, conn.index, reason)
         if opened:
             log.warning("connection %s: %d instrument(s) silent until resubscribed", reason,
                         opened, extra={"account": conn.account, "connection": conn.index})
+
+    def _home(self, token: int) -> Slot | None:
+        placed = self.actual.get(token)
+        return placed.slot if placed else None
+
+    def _silenced(self, token: int, slot: Slot) -> bool:
+        """Whether losing `slot` leaves `token` streaming through no connection."""
+        old = self.releases.get(token)
+        if self._home(token) == slot:
+            held = self._existing(old) if old else None
+            return held is None or not held.connected
+        return old == slot and token not in self.confirmed
 
     def _placed_of(self, token: int) -> tuple[str, int]:
         placed = self.actual.get(token)

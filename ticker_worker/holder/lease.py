@@ -31,6 +31,7 @@ from ticker_worker.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 STANDBY_PERIOD = 0.2  # seconds between a standby's looks at the lease
+ANNOUNCE_PERIOD = 1.0  # seconds between presence announcements (Redis and the registry)
 T = TypeVar("T")
 
 
@@ -49,6 +50,9 @@ class LeaseKeeper:
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
+        self._announced_at = 0.0
+        self.looked_at = float("-inf")  # monotonic time others_alive was last read from Redis
+        self._stuck: asyncio.Future[Any] | None = None  # a lease call that outlived its wait
 
     @property
     def role(self) -> str:
@@ -61,10 +65,15 @@ class LeaseKeeper:
 
     def may_publish(self) -> bool:
         """Whether a tick may go out now: active, and either our lease is still ours by our own
-        clock or no other holder could have taken it (none alive)."""
+        clock or no other holder could have taken it (none alive, by a recent look)."""
         if self.epoch is None:
             return False
-        return time.monotonic() - self.renewed_at < self.ttl or not self.others_alive
+        now = time.monotonic()
+        if now - self.renewed_at < self.ttl:
+            return True
+        # "Nobody else is alive" is news only while fresh: a process resumed after a pause saw
+        # it before the pause, and a standby may have started and taken over meanwhile.
+        return not self.others_alive and now - self.looked_at < self.ttl
 
     async def run(self) -> None:
         """Take, renew or wait, forever."""
@@ -76,7 +85,11 @@ class LeaseKeeper:
                     await self._renew()
             except Exception as exc:  # noqa: BLE001 - Postgres away: judged below
                 log.warning("lease check failed: %s", exc)
-            await self._announce()
+            if time.monotonic() - self._announced_at >= ANNOUNCE_PERIOD:
+                self._announced_at = time.monotonic()
+                with contextlib.suppress(Exception):  # reported by the lease check already
+                    await self._call(sql.seen, self.id, self.host, self.pid, self.role,
+                                     self.epoch)
             if self.epoch is not None and not self.may_publish():
                 await self.lost("lease not renewed in time and another holder is alive")
             await asyncio.sleep(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
@@ -122,19 +135,38 @@ class LeaseKeeper:
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         # Never wait on Postgres longer than a fraction of the lease: a frozen or cut-off server
-        # must not stop this loop from judging the lease by its own clock.
-        return await asyncio.wait_for(self.db.run(in_conn(fn), *args, lane="lease"),
-                                      self.ttl / 2)
-
-    async def _announce(self) -> None:
-        """Tell the others (Redis) and `status` (Postgres) that we are alive, in our role."""
-        key = self.keys.holder_alive(self.id)
+        # must not stop this loop from judging the lease by its own clock. Nor queue a call
+        # behind one still stuck in the lane: when the partition heals, a backlog of stale
+        # calls (registry rows saying "active", takeovers nobody waits for) would run in a burst.
+        if self._stuck is not None and not self._stuck.done():
+            raise TimeoutError("the previous lease call is still waiting on Postgres")
+        call = asyncio.ensure_future(self.db.run(in_conn(fn), *args, lane="lease"))
         try:
-            await self.redis.set(key, self.role, px=int(self.ttl * 1000))
-            others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
-                      if k.decode() != key]
-            self.others_alive = bool(others)
-        except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
-            pass
-        with contextlib.suppress(Exception):  # reported by the lease check already
-            await self._call(sql.seen, self.id, self.host, self.pid, self.role, self.epoch)
+            return await asyncio.wait_for(asyncio.shield(call), self.ttl / 2)
+        except TimeoutError:
+            self._stuck = call
+            call.add_done_callback(_retrieve)
+            raise
+
+    async def presence(self) -> None:
+        """Announce ourselves in Redis and look for the others, once a second, forever.
+
+        A loop of its own: a frozen Postgres slows the lease loop down, never this look, on
+        which `may_publish` relies."""
+        while True:
+            key = self.keys.holder_alive(self.id)
+            try:
+                asked = time.monotonic()
+                await self.redis.set(key, self.role, px=int(self.ttl * 1000))
+                others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
+                          if k.decode() != key]
+                self.others_alive, self.looked_at = bool(others), asked
+            except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
+                pass
+            await asyncio.sleep(ANNOUNCE_PERIOD)
+
+
+def _retrieve(call: asyncio.Future[Any]) -> None:
+    """Consume the outcome of a call nobody awaits any more (no "never retrieved" warning)."""
+    if not call.cancelled():
+        call.exception()

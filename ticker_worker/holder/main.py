@@ -57,8 +57,8 @@ class HolderApp:
                                               socket_connect_timeout=5)
         engine = make_engine(s.database_url, pool_size=3, application_name="ticker_worker-holder",
                              statement_timeout_ms=10_000, lock_timeout_ms=2_000,
-                             connect_timeout=2, keepalives=True)
-        self.db = Database(engine.execution_options(isolation_level="AUTOCOMMIT"))
+                             connect_timeout=2, keepalives=True, autocommit=True)
+        self.db = Database(engine)
         self.listener = NudgeListener(s.database_url, asyncio.Event())
         self.lease = LeaseKeeper(self.db, self.aredis, rt.keys, s.lease_ttl,
                                  self._on_active, self._on_standby)
@@ -108,7 +108,9 @@ class HolderApp:
             now, total = time.monotonic(), self.ticks.ticks_total
             self.rate = (total - last_total) / max(now - last_at, 1e-6)
             last_total, last_at = total, now
-            if self.lease.active.is_set():
+            # The same gate as ticks: a holder resumed after a pause must not overwrite the
+            # new active holder's state with its own stale "active" before it steps down.
+            if self.lease.active.is_set() and self.lease.may_publish():
                 with contextlib.suppress(Exception):
                     await self.aredis.set(self.rt.keys.holder_state,
                                           orjson.dumps(self.document()), ex=STATE_TTL)
@@ -126,7 +128,7 @@ class HolderApp:
     def _jobs(self) -> dict[str, Any]:
         s, core, lease = self.settings, self.core, self.lease
         jobs = {
-            "lease": lease.run(), "nudges": self.listener.run(),
+            "lease": lease.run(), "presence": lease.presence(), "nudges": self.listener.run(),
             "reconcile": Reconciler(core, self.listener, lease, s.reconcile_interval).run(),
             "settle": Settler(core, lease).run(), "relay": self.relay.run(),
             "ticks": self.ticks.run(), "stats": self.stats.run(),

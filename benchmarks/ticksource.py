@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 import time
 from typing import Any
@@ -19,7 +20,6 @@ from typing import Any
 import aiohttp
 import orjson
 import redis
-import redis.asyncio as aioredis
 
 from benchmarks import harness as h
 from ticker_worker.kite.codec import decode_frame
@@ -66,49 +66,65 @@ class RawTicks:
         self.pubsub.close()
 
 
-async def direct_and_holder(
-    ws_url: str, sample: list[int], seconds: float, settle: float = 3.0
-) -> dict[str, Any]:
-    """Stamp the sample's ticks seen directly and on Redis for `seconds`; match them after.
+class Observer:
+    """A second api key's own socket to the simulator, on a thread and loop of its own.
 
-    Returns the delays (holder arrival - direct arrival, ms), and the ticks seen directly in
-    the window that never reached Redis (`lost`).
+    Open it before the holder connects: the simulator serves a step's connections in the order
+    they opened, so the observer gets each step first and the holder's figure includes the
+    time the simulator spends on the holder's (bigger) frames: an upper bound, never flattered.
     """
-    direct: list[tuple[float, bytes]] = []
-    relayed: list[tuple[float, bytes]] = []
-    recording = asyncio.Event()
-    client = aioredis.Redis.from_url(h.SETTINGS.redis_url)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(h.KEYS.ticks)
 
-    async def from_redis() -> None:
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is not None and recording.is_set():
-                relayed.append((time.perf_counter(), message["data"]))
+    def __init__(self, ws_url: str, sample: list[int]) -> None:
+        self.url = f"{ws_url}/?api_key=direct-observer&access_token=t"
+        self.sample = sample
+        self.frames: list[tuple[float, bytes]] = []
+        self.recording = False
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete,
+                                       args=(self._run(),), daemon=True)
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise TimeoutError("the observer could not connect to the simulator")
 
-    async def from_kite(ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _run(self) -> None:
+        self.stopped = asyncio.Event()
+        async with aiohttp.ClientSession() as session, session.ws_connect(
+            self.url, max_msg_size=0
+        ) as ws:
+            await ws.send_str(json.dumps({"a": "subscribe", "v": self.sample}))
+            self.ready.set()
+            reader = asyncio.create_task(self._read(ws))
+            await self.stopped.wait()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.BINARY and len(msg.data) > 1 and recording.is_set():
-                direct.append((time.perf_counter(), msg.data))
+            if msg.type == aiohttp.WSMsgType.BINARY and len(msg.data) > 1 and self.recording:
+                self.frames.append((time.perf_counter(), msg.data))
 
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{ws_url}/?api_key=direct-observer&access_token=t", max_msg_size=0
-    ) as ws:
-        await ws.send_str(json.dumps({"a": "subscribe", "v": sample}))
-        tasks = [asyncio.create_task(from_redis()), asyncio.create_task(from_kite(ws))]
-        await asyncio.sleep(settle)
-        recording.set()
-        await asyncio.sleep(seconds)
-        window_end = time.perf_counter()
-        await asyncio.sleep(settle)  # ticks of the window still in flight through the holder
-        recording.clear()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    await pubsub.aclose()
-    await client.aclose()
-    return match(direct, relayed, set(sample), window_end)
+    def window(self, r: redis.Redis, seconds: float, settle: float = 3.0) -> dict[str, Any]:
+        """Record `seconds` of the sample on both sides and match them."""
+        relayed = RawTicks(r)
+        # A reader waiting for the GIL would otherwise wait up to 5 ms before it could stamp.
+        sys.setswitchinterval(0.0001)
+        try:
+            time.sleep(0.5)  # the Redis subscription is in place
+            self.frames = []
+            self.recording = True
+            time.sleep(seconds)
+            window_end = time.perf_counter()
+            self.recording = False
+            time.sleep(settle)  # ticks of the window still in flight via the holder
+        finally:
+            relayed.close()
+            sys.setswitchinterval(0.005)
+        return match(self.frames, relayed.messages, set(self.sample), window_end)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stopped.set)
+        self.thread.join(10)
 
 
 def match(direct: list[tuple[float, bytes]], relayed: list[tuple[float, bytes]],

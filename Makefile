@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services up test lint bench soak
+.PHONY: install services chromium up test lint bench soak
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 services:
 	bash scripts/ensure-services.sh
 
+# Headless Chromium for the browser tests (tests/browser.py), from apt when missing.
+chromium:
+	bash scripts/ensure-chromium.sh
+
 up: install services
 	$(BIN)/ticker-worker up
 
@@ -24,7 +28,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install services lint
+test: install services chromium lint
 	$(BIN)/pytest
 
 bench: install services

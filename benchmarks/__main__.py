@@ -27,6 +27,7 @@ SUITE = [
      ["-m", "benchmarks.bench_e2e", "ceiling", "--streaming", "27000", "--runs", "3"]),
     ("backfill: request rate and candle upserts", ["benchmarks/bench_backfill.py"]),
     ("simulator throughput", ["benchmarks/bench_sim.py"]),
+    ("failover: kill -9, SIGTERM hand-over, standby cost", ["-m", "benchmarks.bench_failover"]),
 ]
 
 

@@ -12,24 +12,33 @@ import sys
 import time
 
 from ticker_worker.bootstrap import runtime
+from ticker_worker.core import wire
 from ticker_worker.core.reconcile import Plan
+from ticker_worker.holder.core import HolderCore
 from ticker_worker.holder.main import run
-from ticker_worker.holder.service import Holder
 from ticker_worker.logs import setup_logging
 
 
-class FullReloadHolder(Holder):
+class FullReloadCore(HolderCore):
     """Applies any plan by tearing down every connection and building all of them again.
 
     The reload is complete when every connection streams again (a tick frame arrived after
     its resubscribe): until then the original service had a gap on every stream.
     """
 
-    async def _apply(self, result: Plan) -> None:
+    async def apply(self, result: Plan) -> None:
         for state in self.accounts.values():
-            await self._retire(state)
+            for conn in state.connections.values():
+                await conn.stop()
+            state.connections.clear()
+        by_slot: dict[tuple[str, int], dict[str, list[int]]] = {}
         for token, placed in self.actual.items():
-            self._connection(placed.slot).tokens[token] = placed.mode
+            by_slot.setdefault(placed.slot, {}).setdefault(placed.mode, []).append(token)
+        for slot, by_mode in by_slot.items():
+            await self.link(slot).apply([m for mode, tokens in by_mode.items() for m in (
+                wire.Message(slot, "subscribe", tuple(tokens)),
+                wire.Message(slot, "mode", tuple(tokens), mode))])
+        self.ticks.expect_first([d.token for d, _ in result.activated if d.status != "active"])
         conns = [c for s in self.accounts.values() for c in s.connections.values() if c.tokens]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -41,4 +50,4 @@ class FullReloadHolder(Holder):
 if __name__ == "__main__":
     rt = runtime()
     setup_logging(rt.settings.log_format, "WARNING", process="full-reload")
-    sys.exit(run(rt, FullReloadHolder))
+    sys.exit(run(rt, FullReloadCore))

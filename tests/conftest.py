@@ -1,19 +1,24 @@
 """Test wiring: a database and a Redis db number of the tests' own, real servers, never mocks.
 
 The database is dropped and migrated afresh once per session; tables are truncated per test.
-Under CI=true an unreachable service fails the run instead of skipping it.
+Under CI=true an unreachable service fails the run instead of skipping it. Without local
+servers, the run starts embedded ones (tests/embedded_servers.py).
 """
 
 from __future__ import annotations
 
 import os
 
+from tests.embedded_servers import ensure as ensure_servers
 from tests.run import RUN_ID, RUN_SUFFIX
 
+# The local servers on their default ports; on a machine with none, embedded ones (the same
+# packages `ticker-worker up` uses), started for this run.
 os.environ.setdefault(
-    "DATABASE_URL", f"postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker_test{RUN_SUFFIX}"
+    "DATABASE_URL",
+    f"postgresql+psycopg2://postgres@{ensure_servers()[0]}/ticker_worker_test{RUN_SUFFIX}",
 )
-os.environ.setdefault("REDIS_URL", f"redis://127.0.0.1:6379/{15 - 2 * RUN_ID}")
+os.environ.setdefault("REDIS_URL", f"redis://{ensure_servers()[1]}/{15 - 2 * RUN_ID}")
 os.environ.setdefault("TICKER_REDIS_PREFIX", f"ticker:test{RUN_SUFFIX}")
 os.environ.setdefault("HOLDER_HTTP_PORT", "0")
 os.environ.pop("CELERY_BROKER_URL", None)
@@ -26,6 +31,8 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.brokers import broker_kind, broker_url, rabbitmq_url  # noqa: F401 - fixtures
+from tests.browser import browser  # noqa: F401 - the headless Chromium fixture, for any test
 from ticker_worker.bootstrap import Runtime, set_runtime
 from ticker_worker.config import Settings, get_settings
 from ticker_worker.db import migrate

@@ -1,9 +1,11 @@
 """Backfill: plan Kite-sized windows, fetch candles with the official client, upsert them.
 
-Owns Kite's interval table, the look-back rule (only what is missing since the last stored
-candle), the split into requests within Kite's per-interval caps, and the IST conversion of
-`from`/`to`, which Kite reads as naive IST (the original service sent UTC and shifted every
-window by 5h30). Accounts are tried in turn: a refused token marks that account unhealthy.
+Owns Kite's interval table, the look-back rule (the last `days` trading sessions, only what is
+missing since the last stored candle, or a gap's explicit `start`/`end`), the split into
+requests within Kite's per-interval caps that skip time without a session, and the IST
+conversion of `from`/`to`, which Kite reads as naive IST (the original service sent UTC and
+shifted every window by 5h30). Accounts are tried in turn: a refused token marks that account
+unhealthy. A task delivered twice (same task id) calls Kite once.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 from sqlalchemy import Engine
 
+from ticker_worker.backfill_once import Once
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.config import Settings
+from ticker_worker.core import sessions
+from ticker_worker.core.backfill_plan import Window, gap_window, session_windows, sessions_start
 from ticker_worker.core.model import parse_token
 from ticker_worker.db import accounts, candles, instruments
 from ticker_worker.db.accounts import AccountRow
-from ticker_worker.db.instruments import IST
 from ticker_worker.errors import (
     HistoricalAccessDenied,
     InvalidDays,
     InvalidInterval,
+    InvalidWindow,
     NoHealthyAccount,
     UnknownInstrument,
 )
@@ -51,17 +56,8 @@ MAX_DAYS_PER_REQUEST: dict[str, int] = {
     "15minute": 200, "30minute": 200, "60minute": 400, "day": 2000,
 }
 MAX_DAYS = 2000  # the longest look-back a task may ask for (Kite's day-candle cap)
-SECOND = timedelta(seconds=1)
 
 ClientFactory = Callable[[Settings, str, str], KiteConnect]
-
-
-@dataclass(frozen=True)
-class Window:
-    """One historical request: `start` and `end` (inclusive) as naive IST, as Kite reads them."""
-
-    start: datetime
-    end: datetime
 
 
 def parse_interval(value: Any) -> str:
@@ -72,44 +68,10 @@ def parse_interval(value: Any) -> str:
 
 
 def parse_days(value: Any) -> int:
-    """Return `value` as a look-back in days (1..MAX_DAYS); else InvalidDays naming the value."""
+    """Return `value` as a look-back in trading sessions (1..MAX_DAYS); else InvalidDays."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DAYS:
         raise InvalidDays(f"days must be a whole number from 1 to {MAX_DAYS}, got {value!r}")
     return value
-
-
-def to_ist_naive(moment: datetime) -> datetime:
-    """`moment` as Kite's naive IST wall-clock time, to the second."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment.isoformat()} has no UTC offset; refusing to guess its zone")
-    return moment.astimezone(IST).replace(tzinfo=None, microsecond=0)
-
-
-def lookback_start(
-    now: datetime, days: int, last_stored: datetime | None, interval: str
-) -> datetime:
-    """The first instant to fetch: `days` back, or just after the newest stored candle."""
-    earliest = now - timedelta(days=days)
-    if last_stored is None:
-        return earliest
-    return max(earliest, last_stored + INTERVALS[interval])
-
-
-def plan_windows(start: datetime, end: datetime, interval: str) -> list[Window]:
-    """Cover [start, end] with requests no longer than Kite's cap for `interval`, oldest first.
-
-    Each window stops one second short of the cap, and the next starts one second later:
-    Kite's `from`/`to` have one-second resolution and are both inclusive, so no candle falls
-    between two windows and none is asked for twice.
-    """
-    first, last = to_ist_naive(start), to_ist_naive(end)
-    span = timedelta(days=MAX_DAYS_PER_REQUEST[interval]) - SECOND
-    windows: list[Window] = []
-    while first <= last:
-        stop = min(first + span, last)
-        windows.append(Window(first, stop))
-        first = stop + SECOND
-    return windows
 
 
 def order_accounts(rows: Sequence[AccountRow], instrument_token: int) -> list[AccountRow]:
@@ -217,7 +179,7 @@ class Backfiller:
 
     def run(
         self, instrument_token: Any, interval: Any = None, days: Any = None,
-        task_id: str | None = None,
+        task_id: str | None = None, start: Any = None, end: Any = None,
     ) -> dict[str, object]:
         """Validate, plan, fetch window by window (oldest first), upsert each; report the count.
 
@@ -226,16 +188,20 @@ class Backfiller:
         token = parse_token(instrument_token)
         interval = parse_interval(self.settings.backfill_interval if interval is None else interval)
         days = parse_days(self.settings.backfill_days if days is None else days)
+        if end is not None and start is None:
+            raise InvalidWindow("end was given without start: a gap window needs its start")
         extra: dict[str, object] = {"task_id": task_id, "instrument_token": token}
         with self.engine.connect() as conn:
-            if not instruments.lookup(conn, [token]):
+            row = instruments.lookup(conn, [token]).get(token)
+            if row is None:
                 # Refused here rather than by Kite: no request and no rate-limit slot spent.
                 raise UnknownInstrument(f"unknown instrument {token}: not in the instrument "
                                         "registry (run `ticker-worker instruments sync`)")
             last = candles.last_ts(conn, token, interval)
             rows = accounts.list_all(conn)
-        now = self.now()
-        windows = plan_windows(lookback_start(now, days, last, interval), now, interval)
+        hours = (sessions.ALWAYS_OPEN if self.settings.market_hours == "always-open"
+                 else sessions.EXCHANGE_HOURS.get(row.exchange) or sessions.hours_for_token(token))
+        windows = self._plan(hours, interval, days, last, start, end)
         pool = _AccountPool(self.engine, self.settings, self.limiter, self.client_factory,
                             self._usable(rows, token), extra)
         stored = 0
@@ -246,9 +212,25 @@ class Backfiller:
             log.info("backfill %s %s: chunk %d of %d (%s to %s IST): %d candles", token, interval,
                      i, len(windows), window.start, window.end, len(got),
                      extra={**extra, "account": name})
-        log.info("backfill %s %s done: %d candles in %d requests", token, interval, stored,
-                 len(windows), extra=extra)
+        log.info("backfill %s %s done: %d candles in %d requests%s", token, interval, stored,
+                 len(windows), "" if windows else " (no trading session in the window)",
+                 extra=extra)
         return {"instrument_token": token, "interval": interval, "candles": stored}
+
+    def _plan(
+        self, hours: sessions.Hours, interval: str, days: int, last: datetime | None,
+        start: Any, end: Any,
+    ) -> list[Window]:
+        now = self.now()
+        if start is not None:
+            first, final = gap_window(start, end, hours, INTERVALS[interval], now)
+        else:
+            opened = sessions_start(hours, now, days)
+            if opened is None:
+                return []
+            first = opened if last is None else max(opened, last + INTERVALS[interval])
+            final = now
+        return session_windows(hours, first, final, interval, MAX_DAYS_PER_REQUEST[interval])
 
     def _usable(self, rows: Sequence[AccountRow], token: int) -> list[AccountRow]:
         ordered = order_accounts(rows, token)
@@ -261,10 +243,21 @@ class Backfiller:
 
 def run(
     rt: Runtime, instrument_token: Any, interval: Any = None, days: Any = None,
-    task_id: str | None = None,
+    task_id: str | None = None, start: Any = None, end: Any = None,
+    client_factory: ClientFactory = rest.client,
 ) -> dict[str, object]:
     """The `ticker_worker.backfill` task body, wired from this process's runtime."""
     limiter = historical_limiter(rt.redis, rt.keys, rt.settings.historical_rate_per_second)
-    return Backfiller(rt.engine, rt.settings, limiter).run(
-        instrument_token, interval, days, task_id
-    )
+    backfiller = Backfiller(rt.engine, rt.settings, limiter, client_factory)
+    if task_id is None:
+        return backfiller.run(instrument_token, interval, days, None, start, end)
+    once = Once(rt, task_id)
+    earlier = once.result()
+    if earlier is not None:
+        log.info("backfill task %s was done already; not calling Kite again", task_id,
+                 extra={"task_id": task_id})
+        return earlier
+    with once:
+        result = backfiller.run(instrument_token, interval, days, task_id, start, end)
+        once.finish(result)
+    return result

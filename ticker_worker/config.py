@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KITE_API_ROOT = "https://api.kite.trade"
 KITE_WS_ROOT = "wss://ws.kite.trade"
+KITE_LOGIN_URL = "https://kite.zerodha.com/connect/login"
+#: Where `accounts login` listens for Kite's redirect; register it as the app's redirect URL.
+DEFAULT_REDIRECT_URL = "http://127.0.0.1:8766/kite/callback"
+STATE_DIR = ".ticker-worker"  # `ticker-worker up`'s folder: credentials, embedded servers
 
 
 class Settings(BaseSettings):
     """Every knob of the service. Field names map to upper-case environment variables."""
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+    # `.env` wins over the URLs `ticker-worker up` wrote for the embedded servers it runs.
+    model_config = SettingsConfigDict(env_file=(f"{STATE_DIR}/stack.env", ".env"),
+                                      extra="ignore", populate_by_name=True)
 
     database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker"
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -42,18 +48,36 @@ class Settings(BaseSettings):
     tick_flush_interval: float = Field(default=1.0, gt=0)
     last_tick_flush_interval: float = Field(default=15.0, gt=0)
     subscribe_batch_size: int = Field(default=1000, ge=1, le=3000)
+    # A new subscription's first tick is its acknowledgement: re-sent once after this long,
+    # then shown as awaiting its first tick (DESIGN 3.7).
+    ack_timeout: float = Field(default=3.0, gt=0)
+    # The active holder's lease in Postgres: a standby takes over once it has not been renewed
+    # for this long (judged by the database's clock).
+    lease_ttl: float = Field(default=3.0, gt=0.5)
 
     # Backfill defaults.
     backfill_interval: str = "minute"
     backfill_days: int = Field(default=5, ge=1, le=2000)
     historical_rate_per_second: int = Field(default=3, ge=1)
 
+    # Daily login (issue 10): Kite's login page, our callback, the key for api secrets at rest.
+    kite_login_url: str = KITE_LOGIN_URL
+    kite_redirect_url: str = DEFAULT_REDIRECT_URL
+    ticker_secret_key: SecretStr = SecretStr("")
+    mock_outside_market_hours: bool = False
+    # `exchange`: backfills count the exchanges' real sessions and holidays. `always-open`: every
+    # minute is in session, as the simulator's default market is (`up` sets it for its simulator).
+    market_hours: str = Field(default="exchange", pattern="^(exchange|always-open)$")
+
     @model_validator(mode="after")
     def _derive_celery_urls(self) -> Settings:
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         if not self.celery_result_backend:
-            self.celery_result_backend = self.celery_broker_url
+            # Results live on Redis even when the broker is RabbitMQ.
+            broker_is_redis = self.celery_broker_url.startswith(("redis://", "rediss://"))
+            self.celery_result_backend = (self.celery_broker_url if broker_is_redis
+                                          else self.redis_url)
         return self
 
     @property

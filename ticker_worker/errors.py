@@ -63,3 +63,28 @@ class HistoricalAccessDenied(TickerWorkerError):
 
 class RateLimitTimeout(InfrastructureError):
     """Raised when a shared rate-limit slot does not free up in time; the task retries later."""
+
+
+class Fenced(TickerWorkerError):
+    """Raised when a holder's write is refused because its epoch no longer holds the lease."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"epoch {epoch} no longer holds the lease: another holder took over")
+        self.epoch = epoch
+
+
+class SecretKeyError(TickerWorkerError):
+    """Raised when TICKER_SECRET_KEY is missing, malformed, or not the key a secret was saved with.
+    """
+
+
+class LoginError(TickerWorkerError):
+    """Raised when the daily Kite login cannot complete (no api secret, Kite refused, timeout)."""
+
+
+class InvalidWindow(InvalidRequest):
+    """Raised when a backfill's `start`/`end` window is malformed, reversed or too long."""
+
+
+class BackfillInProgress(InfrastructureError):
+    """Raised when another delivery of the same backfill task is running; this one retries."""

@@ -15,6 +15,10 @@ DIRTY_PASS = "*"
 MAX_NUDGE_TOKENS = 100
 
 EVENTS_STREAM_MAXLEN = 100_000
+# A finished backfill task's marker outlives any redelivery (visibility timeout, retries);
+# the lock only has to outlive one run, and frees a crashed worker's task soon after.
+BACKFILL_DONE_TTL = 7 * 24 * 3600
+BACKFILL_LOCK_TTL = 600
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,18 @@ class RedisKeys:
     def holder_state(self) -> str:
         """The holder's state snapshot (JSON), with a TTL so a dead holder reads as absent."""
         return f"{self.prefix}:holder:state"
+
+    def backfill_done(self, task_id: str) -> str:
+        """A finished backfill task's result (JSON), so a redelivery does not call Kite again."""
+        return f"{self.prefix}:backfill:done:{task_id}"
+
+    def backfill_lock(self, task_id: str) -> str:
+        """Held while a backfill task runs, so a concurrent duplicate waits and retries."""
+        return f"{self.prefix}:backfill:lock:{task_id}"
+
+    def holder_alive(self, holder_id: str) -> str:
+        """One holder's presence (value: its role), with a TTL of one lease; `*` matches all."""
+        return f"{self.prefix}:holder:alive:{holder_id}"
 
     def historical_bucket(self, api_key_hash: str) -> str:
         """Shared rate-limit bucket for one account's historical API calls."""

@@ -5,6 +5,13 @@ private files it keeps between runs.
 Each child runs in its own session (so its own process group): a terminal's Ctrl-C reaches only
 the supervisor, which then stops the children in reverse start order, and killing a group also
 takes the grandchildren a child forked (Celery's prefork pool).
+
+The prefixed, coloured output is honcho's (its `Printer`, Foreman's format). Honcho's `Manager`
+does not fit the rest: it starts every process at once (ours start one stage at a time, each
+after the previous is ready), stops them all with SIGTERM in no order (Postgres needs SIGINT,
+and the servers must stop after their clients), cannot run a child as another user (Postgres
+refuses root), and forks a Python process per child. What stays here is ours: the stages'
+readiness, the secret scrubbing of every line, and the ordered stop.
 """
 
 from __future__ import annotations
@@ -13,20 +20,21 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
 
 import click
+from honcho.colour import get_colours
+from honcho.printer import Message, Printer
 
 from ticker_worker.errors import TickerWorkerError
 from ticker_worker.logs import redact
@@ -34,7 +42,6 @@ from ticker_worker.logs import redact
 TAIL_LINES = 30
 POLL = 0.1
 T = TypeVar("T")
-_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green")
 # A Kite credential in a URL or a log line; masked even if no registered secret matches it.
 _TOKEN_RE = re.compile(r"""(access_token["']?\s*[=:]\s*["']?)[^"'&\s]+""")
 
@@ -69,9 +76,10 @@ class Child:
 
     name: str
     popen: subprocess.Popen[bytes]
-    colour: str = "white"
+    colour: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     pump: threading.Thread | None = None
+    stop_signal: int = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -107,17 +115,21 @@ class Supervisor:
 
     def __init__(self, name: str = "up", width: int = 8) -> None:
         self.name = name
-        self.width = width
+        self._out = Printer(sys.stdout, width=width)
+        self._err = Printer(sys.stderr, width=width)
+        self._colours = get_colours()
         self.children: list[Child] = []
         self.stopping = threading.Event()
         self._hurry = threading.Event()
         self._print_lock = threading.Lock()
 
     def _emit(self, source: str, text: str, err: bool = False, fg: str | None = None,
-              colour: str = "white") -> None:
-        prefix = click.style(f"{source:<{self.width}}|", fg=colour)
+              colour: str | None = None) -> None:
+        printer = self._err if err else self._out
+        # Styled only on a terminal, as click.echo would: a log file gets plain text.
+        line = click.style(text, fg=fg) if fg and printer.output.isatty() else text
         with self._print_lock:
-            click.echo(f"{prefix} {click.style(text, fg=fg) if fg else text}", err=err)
+            printer.write(Message("line", line, datetime.now(), source, colour))
 
     def say(self, text: str, fg: str | None = None, err: bool = False) -> None:
         """Print one of the supervisor's own lines."""
@@ -140,17 +152,23 @@ class Supervisor:
         signal.signal(signal.SIGINT, handle)
         signal.signal(signal.SIGTERM, handle)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        """Start a child in its own session, its stdout and stderr merged and prefixed."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
+              as_user: tuple[int, int] | None = None,
+              stop_signal: int = signal.SIGTERM) -> Child:
+        """Start a child in its own session, its stdout and stderr merged and prefixed;
+        `as_user` (uid, gid) runs it as that user (a server that refuses root)."""
         self.check()
         if not self.children:
             # Only from now on is there something to stop cleanly; before, Ctrl-C just aborts.
             self.install_signal_handlers()
+        uid, gid = as_user or (None, None)
         popen = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True,
+            user=uid, group=gid, extra_groups=None if uid is None else [],
         )
-        child = Child(name, popen, colour=_COLORS[len(self.children) % len(_COLORS)])
+        child = Child(name, popen, colour=next(self._colours),
+                      stop_signal=stop_signal)
         assert popen.stdout is not None
         child.pump = threading.Thread(target=self._pump, args=(child, popen.stdout),
                                       name=f"pump-{name}", daemon=True)
@@ -213,7 +231,7 @@ class Supervisor:
             if not child.group_alive():
                 continue
             self.say(f"stopping {child.name}")
-            child.signal_group(signal.SIGTERM)
+            child.signal_group(child.stop_signal)
             wait = 0.0 if self._hurry.is_set() else min(per_child, deadline - time.monotonic())
             if not self._wait_gone(child, wait):
                 killed.append(child.name)
@@ -237,13 +255,19 @@ class Supervisor:
         return True
 
 
+def state_folder(path: Path) -> Path:
+    """`up`'s private folder (0700 when new), which ignores itself in git."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ignore = path / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# written by ticker-worker; holds secrets\n*\n")
+    return path
+
+
 def private_file(path: Path, make: Callable[[], str]) -> str:
     """The one-line secret in `path`, written by `make()` with mode 0600 when absent. Its
     directory (0700) ignores itself in git, so the secret can never be committed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    ignore = path.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# written by ticker-worker; holds secrets\n*\n")
+    state_folder(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -253,45 +277,3 @@ def private_file(path: Path, make: Callable[[], str]) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
     return value
-
-
-# -- readiness probes -----------------------------------------------------------------------
-
-
-def port_in_use(port: int) -> bool:
-    """True when something listens on the port (any interface)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return True
-    return False
-
-
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """(status, body) of a GET; HTTP errors are answers too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return int(resp.status), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-class CeleryPing:
-    """Pings one Celery node by name over the broker (a context manager owning the client)."""
-
-    def __init__(self, broker_url: str) -> None:
-        from celery import Celery
-
-        self.app = Celery(broker=broker_url)
-
-    def __call__(self, node: str) -> list[object]:
-        replies: list[object] = self.app.control.ping([node], timeout=1.0)
-        return replies
-
-    def __enter__(self) -> CeleryPing:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.app.close()

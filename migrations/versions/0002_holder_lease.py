@@ -1,4 +1,4 @@
-"""holder lease and holder registry
+"""holder lease, holder registry, subscription transition count
 
 Revision ID: 0002
 Revises: 0001
@@ -26,6 +26,8 @@ def upgrade() -> None:
     sa.Column('acquired_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('name', name=op.f('pk_holder_lease'))
     )
+    # Counts a row's status transitions: with the generation it derives each event's id.
+    op.add_column('subscriptions', sa.Column('transitions', sa.BigInteger(), server_default='0', nullable=False))
     op.create_table('holders',
     sa.Column('id', sa.Text(), nullable=False),
     sa.Column('host', sa.Text(), nullable=False),
@@ -40,4 +42,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table('holders')
+    op.drop_column('subscriptions', 'transitions')
     op.drop_table('holder_lease')

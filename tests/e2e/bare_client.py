@@ -1,7 +1,9 @@
 """A caller that knows only the broker URL and task names: it never imports ticker_worker.
 
-Usage: python bare_client.py BROKER_URL '[["ticker_worker.subscribe", [256265]], ...]'
+Usage: python bare_client.py BROKER_URL BACKEND_URL '[["ticker_worker.subscribe", [256265]], ...]'
 Prints one JSON object per call: {"ok": result} or {"error": type, "message": text}.
+On RabbitMQ the one setting a caller needs is the queue type: its first send_task declares the
+`celery` queue, which must match the quorum queue the workers declared.
 """
 
 import json
@@ -9,8 +11,10 @@ import sys
 
 from celery import Celery
 
-broker, calls = sys.argv[1], json.loads(sys.argv[2])
-app = Celery(broker=broker, backend=broker)
+broker, backend, calls = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+app = Celery(broker=broker, backend=backend)
+if broker.startswith("amqp"):
+    app.conf.task_default_queue_type = "quorum"
 for name, args in calls:
     result = app.send_task(name, args=args)
     try:

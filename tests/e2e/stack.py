@@ -18,11 +18,11 @@ from tests.procs import Proc, free_port, wait_for
 class Sim:
     """`python -m ticker_worker.sim` on a free port."""
 
-    def __init__(self, tick_interval: float = 0.2, seed: int = 7) -> None:
+    def __init__(self, tick_interval: float = 0.2, seed: int = 7, *extra: str) -> None:
         self.port = free_port()
         self.proc = Proc("sim", [sys.executable, "-m", "ticker_worker.sim", "--port",
                                  str(self.port), "--seed", str(seed), "--tick-interval",
-                                 str(tick_interval)])
+                                 str(tick_interval), *extra])
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}"
         wait_for(lambda: self.stats() is not None, 30, "the simulator")

@@ -20,24 +20,27 @@ CLIENT = Path(__file__).with_name("bare_client.py")
 
 
 @pytest.fixture
-def worker(registry: Engine, redis_client: Any) -> Iterator[Proc]:
-    proc = celery_worker()
+def worker(registry: Engine, broker_url: str, settings: Settings) -> Iterator[Proc]:
+    """A worker on this run's broker (each test runs on Redis and on RabbitMQ)."""
+    proc = celery_worker(env={"CELERY_BROKER_URL": broker_url,
+                              "CELERY_RESULT_BACKEND": settings.redis_url})
     wait_for(lambda: "ready" in proc.output() or not proc.alive(), 60, "the worker to start")
     assert proc.alive(), proc.output()
     yield proc
     proc.stop()
 
 
-def call(settings: Settings, calls: list[Any]) -> list[dict[str, Any]]:
+def call(broker_url: str, settings: Settings, calls: list[Any]) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, str(CLIENT), settings.celery_broker_url, json.dumps(calls)],
+        [sys.executable, str(CLIENT), broker_url, settings.redis_url, json.dumps(calls)],
         capture_output=True, text=True, timeout=120, check=True, cwd="/",
     )
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def test_tasks_by_name(worker: Proc, registry: Engine, settings: Settings) -> None:
-    results = call(settings, [
+def test_tasks_by_name(worker: Proc, registry: Engine, broker_url: str,
+                       settings: Settings) -> None:
+    results = call(broker_url, settings, [
         ["ticker_worker.subscribe", [256265]],
         ["ticker_worker.subscribe", [256265, "quote"]],
         ["ticker_worker.subscribe_many", [[408065, 738561, "bad"], "ltp"]],
@@ -59,9 +62,9 @@ def test_tasks_by_name(worker: Proc, registry: Engine, settings: Settings) -> No
 
 
 def test_bad_input_fails_fast_and_writes_nothing(
-    worker: Proc, registry: Engine, settings: Settings
+    worker: Proc, registry: Engine, broker_url: str, settings: Settings
 ) -> None:
-    results = call(settings, [
+    results = call(broker_url, settings, [
         ["ticker_worker.subscribe", ["256265"]],
         ["ticker_worker.subscribe", [256265, "fulll"]],
         ["ticker_worker.subscribe", [999999]],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -27,12 +26,17 @@ import psutil
 import pytest
 import redis
 from celery import Celery
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from tests.brokers import purge
+from tests.browser import basic_auth, screenshot
 from tests.procs import free_port, wait_for
 from tests.run import RUN_ID, RUN_SUFFIX
-from ticker_worker.cli.up import Ports, flower_credentials, want_simulator
+from ticker_worker.cli.up_stages import Ports, flower_credentials, want_simulator
 from ticker_worker.config import KITE_WS_ROOT, Settings
 from ticker_worker.db.accounts import AccountRow
 
@@ -46,12 +50,13 @@ TOKEN = 256265
 class Up:
     """`ticker-worker up` in a subprocess, its output in a file."""
 
-    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, *extra: str,
+                 state_dir: str = "state") -> None:
         self.ports = {"sim": free_port(), "holder": free_port(), "flower": free_port()}
-        self.state_dir = workdir / "state"
+        self.state_dir = workdir / state_dir
         self.log = workdir / f"up-{self.ports['sim']}.log"
         args = [sys.executable, "-m", "ticker_worker.cli", "up", "--tick-interval", "0.2",
-                "--state-dir", str(self.state_dir)]
+                "--state-dir", str(self.state_dir), *extra]
         for name, port in self.ports.items():
             args += [f"--{name}-port", str(port)]
         with self.log.open("wb") as out:
@@ -210,7 +215,8 @@ def test_output_says_what_runs_where(stack: Up) -> None:
     creds = stack.state_dir.resolve() / "flower-credentials"
     assert f"flower     http://127.0.0.1:{stack.ports['flower']}  (user:password in {creds})" in out
     assert "subscribe 256265 --wait" in out and "status" in out
-    assert set(stack.child_pids()) == {"sim", "holder", "worker", "backfill", "flower"}
+    assert set(stack.child_pids()) == {"sim", "holder", "worker", "backfill", "gaps",
+                                        "flower"}
     assert oct(creds.stat().st_mode & 0o777) == "0o600"
     assert (creds.parent / ".gitignore").read_text().splitlines()[-1] == "*"
 
@@ -232,9 +238,6 @@ def test_ticks_flow(subscribed: Channels) -> None:
 
 
 def test_candles_backfilled(subscribed: Channels, up_engine: Engine) -> None:
-    if importlib.util.find_spec("ticker_worker.tasks.backfill") is None:
-        pytest.skip("ticker_worker.tasks.backfill does not exist yet: no candles to check")
-
     def candles() -> int:
         with up_engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM candles WHERE instrument_token = "
@@ -242,27 +245,40 @@ def test_candles_backfilled(subscribed: Channels, up_engine: Engine) -> None:
     wait_for(candles, 120, "candles for 256265 in Postgres")
 
 
-def test_flower_lists_tasks_behind_auth(
-    subscribed: Channels, stack: Up, up_env: dict[str, str]
-) -> None:
+def test_flower_lists_tasks_behind_auth(subscribed: Channels, stack: Up) -> None:
     base = f"http://127.0.0.1:{stack.ports['flower']}"
     auth = (stack.state_dir / "flower-credentials").read_text().strip()
     assert get(f"{base}/api/tasks")[0] == 401
-    # Flower knows only the tasks whose events it received: its event consumer can connect a
-    # moment after /healthcheck answers, so repeat the (idempotent) subscribe until it shows.
-    client = Celery(broker=up_env["REDIS_URL"], backend=up_env["REDIS_URL"])
-
-    def listed() -> bool:
+    # `up` reported ready only once Flower heard from the workers, so the one subscribe sent
+    # right after startup is listed: no repeating it.
+    def listed() -> list[Any]:
         status, body = get(f"{base}/api/tasks", auth)
         assert status == 200, body
-        if "ticker_worker.subscribe" in {t["name"] for t in json.loads(body).values()}:
-            return True
-        client.send_task("ticker_worker.subscribe", args=[TOKEN]).get(timeout=30)
-        return False
-    try:
-        wait_for(listed, 60, "Flower to list the subscribe task")
-    finally:
-        client.close()
+        return [t for t in json.loads(body).values() if t["name"] == "ticker_worker.subscribe"]
+    task = wait_for(listed, 30, "Flower to list the subscribe task")[0]
+    assert task["args"] == f"[{TOKEN}]" and task["state"] == "SUCCESS", task
+
+
+def test_flower_in_a_browser(subscribed: Channels, stack: Up, browser: WebDriver) -> None:
+    """What a person sees: refused without credentials; with them, the Tasks page lists the
+    subscribe with its arguments and its success."""
+    base = f"http://127.0.0.1:{stack.ports['flower']}"
+    browser.get(f"{base}/tasks")
+    refused = browser.find_element(By.TAG_NAME, "body").text
+    screenshot(browser, "flower-anonymous")
+    assert "ticker_worker.subscribe" not in browser.page_source
+    assert not browser.find_elements(By.ID, "tasks-table"), refused
+
+    user, password = (stack.state_dir / "flower-credentials").read_text().strip().split(":", 1)
+    basic_auth(browser, user, password)
+    browser.get(f"{base}/tasks")
+
+    def subscribe_row() -> str:
+        rows = browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody tr")
+        return next((r.text for r in rows if "ticker_worker.subscribe" in r.text), "")
+    row = WebDriverWait(browser, 30).until(lambda _: subscribe_row())
+    path = screenshot(browser, "flower-tasks")
+    assert f"[{TOKEN}]" in row and "SUCCESS" in row, (row, path)
 
 
 def test_no_secret_in_output(subscribed: Channels, stack: Up, up_engine: Engine) -> None:
@@ -307,6 +323,33 @@ def test_sigterm_while_starting_stops_cleanly(up_env: dict[str, str], tmp_path: 
         assert up.popen.wait(25) == 0, up.output()
         assert wait_for(lambda: not up.leftovers(), 5, "no process left") is True
     finally:
+        if up.popen.poll() is None:
+            up.kill()
+
+
+def test_up_on_rabbitmq(up_env: dict[str, str], rabbitmq_url: str, tmp_path: Path) -> None:
+    """The same stack with CELERY_BROKER_URL=amqp://...: commands through RabbitMQ's quorum
+    queues, results on Redis, Flower watching; Ctrl-C still leaves nothing."""
+    purge(rabbitmq_url)
+    up = Up({**up_env, "CELERY_BROKER_URL": rabbitmq_url}, tmp_path)
+    client = Celery(broker=rabbitmq_url, backend=up_env["REDIS_URL"])
+    client.conf.task_default_queue_type = "quorum"
+    try:
+        up.wait_ready()
+        assert "Celery broker: amqp://guest:**@127.0.0.1:5672/" in up.output()
+        result = client.send_task("ticker_worker.subscribe", args=[TOKEN, "ltp"]).get(timeout=60)
+        assert result["instrument_token"] == TOKEN and result["mode"] == "ltp", result
+        auth = (up.state_dir / "flower-credentials").read_text().strip()
+
+        def listed() -> bool:
+            _, body = get(f"http://127.0.0.1:{up.ports['flower']}/api/tasks", auth)
+            return "ticker_worker.subscribe" in {t["name"] for t in json.loads(body).values()}
+        wait_for(listed, 30, "Flower to list the subscribe sent through RabbitMQ")
+        up.popen.send_signal(signal.SIGINT)
+        assert up.popen.wait(25) == 0, up.output()
+        assert wait_for(lambda: not up.leftovers(), 5, "no process left") is True
+    finally:
+        client.close()
         if up.popen.poll() is None:
             up.kill()
 

@@ -22,13 +22,16 @@ from kiteconnect import exceptions as kite_errors
 from sqlalchemy import Engine, text
 
 from tests.procs import Proc, celery_worker, free_port, wait_for
+from ticker_worker import backfill
 from ticker_worker.backfill import Backfiller, order_accounts
+from ticker_worker.bootstrap import Runtime
 from ticker_worker.config import Settings
 from ticker_worker.db import accounts, candles
 from ticker_worker.errors import (
     HistoricalAccessDenied,
     InvalidInterval,
     InvalidToken,
+    InvalidWindow,
     NoHealthyAccount,
     UnknownInstrument,
 )
@@ -115,10 +118,16 @@ def make(db: Engine, settings: Settings, limiter: HistoricalLimiter | None,
     return Backfiller(db, settings, limiter, spy or rest.client, lambda: now)
 
 
-def test_a_week_of_minutes(db: Engine, kite_settings: Settings, limiter: HistoricalLimiter) -> None:
-    result = make(db, kite_settings, limiter).run(NIFTY, "minute", 7)
-    assert result == {"instrument_token": NIFTY, "interval": "minute", "candles": 5 * SESSION}
-    assert len(stored(db)) == 5 * SESSION
+def test_days_count_trading_sessions(
+    db: Engine, kite_settings: Settings, limiter: HistoricalLimiter
+) -> None:
+    spy = Spy()
+    result = make(db, kite_settings, limiter, spy=spy).run(NIFTY, "minute", 7)
+    assert result == {"instrument_token": NIFTY, "interval": "minute", "candles": 7 * SESSION}
+    assert len(stored(db)) == 7 * SESSION
+    # Seven sessions back from Friday 7 March 2025 is Thursday 27 February (one request).
+    assert [c[1:3] for c in spy.calls] == [(datetime(2025, 2, 27, 9, 15),
+                                            datetime(2025, 3, 7, 15, 30))]
 
 
 def test_candle_times_are_ist_stored_as_timestamptz(
@@ -126,22 +135,23 @@ def test_candle_times_are_ist_stored_as_timestamptz(
 ) -> None:
     spy = Spy()
     make(db, kite_settings, limiter, spy=spy).run(INFY, "minute", 1)
-    # Sent as naive IST wall-clock: 16:00 IST on Thursday to 16:00 IST on Friday.
+    # Sent as naive IST wall-clock: Friday's session, 09:15 to 15:30 IST.
     assert [c[1:] for c in spy.calls] == [
-        (datetime(2025, 3, 6, 16, 0), datetime(2025, 3, 7, 16, 0), "minute")]
+        (datetime(2025, 3, 7, 9, 15), datetime(2025, 3, 7, 15, 30), "minute")]
     rows = stored(db, INFY)
     assert rows[0].ts == datetime(2025, 3, 7, 3, 45, tzinfo=UTC)  # 09:15 IST
     assert rows[-1].ts == datetime(2025, 3, 7, 9, 59, tzinfo=UTC)  # 15:29 IST
     assert len(rows) == SESSION
 
 
-def test_150_days_take_three_requests(
+def test_100_sessions_of_minutes_take_three_requests(
     db: Engine, kite_settings: Settings, limiter: HistoricalLimiter
 ) -> None:
     spy = Spy()
-    result = make(db, kite_settings, limiter, spy=spy).run(NIFTY, "minute", 150)
-    start = (FRIDAY - timedelta(days=150)).date()  # its session ended before 16:00 IST
-    expected = weekdays(start, FRIDAY.date()) * SESSION
+    result = make(db, kite_settings, limiter, spy=spy).run(NIFTY, "minute", 100)
+    first = date(2024, 10, 15)  # 100 NSE sessions back, 143 calendar days
+    # The always-open simulator has candles on every weekday, holidays inside a request too.
+    expected = weekdays(first - timedelta(days=1), FRIDAY.date()) * SESSION
     assert len(spy.calls) == 3
     assert result["candles"] == expected == len(stored(db))
 
@@ -153,11 +163,12 @@ def test_a_second_run_fetches_only_the_missing_tail(
     make(db, kite_settings, limiter, now=wednesday).run(NIFTY, "minute", 5)
     spy = Spy()
     result = make(db, kite_settings, limiter, spy=spy).run(NIFTY, "minute", 5)
-    # Resumes one minute after Wednesday's last candle (15:29 IST).
-    assert [c[1:3] for c in spy.calls] == [(datetime(2025, 3, 5, 15, 30),
-                                            datetime(2025, 3, 7, 16, 0))]
+    # Resumes after Wednesday's last candle (15:29 IST), at the next session's open.
+    assert [c[1:3] for c in spy.calls] == [(datetime(2025, 3, 6, 9, 15),
+                                            datetime(2025, 3, 7, 15, 30))]
     assert result["candles"] == 2 * SESSION
-    assert len(stored(db)) == 5 * SESSION
+    # Wednesday's five sessions reach back to 27 February; Friday's run adds two.
+    assert len(stored(db)) == 7 * SESSION
 
 
 def test_running_twice_leaves_the_same_rows(
@@ -181,12 +192,64 @@ def test_running_twice_leaves_the_same_rows(
     assert stored(db) == again
 
 
-def test_no_data_is_zero_candles_not_an_error(
+def test_a_monday_morning_backfill_covers_friday_and_skips_the_weekend(
     db: Engine, kite_settings: Settings, limiter: HistoricalLimiter
 ) -> None:
+    spy = Spy()
+    monday = datetime(2025, 3, 10, 2, 30, tzinfo=UTC)  # 08:00 IST, before the open
+    result = make(db, kite_settings, limiter, now=monday, spy=spy).run(NIFTY, "minute", 1)
+    assert [c[1:3] for c in spy.calls] == [(datetime(2025, 3, 7, 9, 15),
+                                            datetime(2025, 3, 7, 15, 30))]
+    assert result["candles"] == SESSION
+
+
+def test_a_window_without_a_session_makes_no_request(
+    db: Engine, kite_settings: Settings, limiter: HistoricalLimiter
+) -> None:
+    spy = Spy()
     sunday = datetime(2025, 3, 9, 12, 0, tzinfo=UTC)
-    result = make(db, kite_settings, limiter, now=sunday).run(NIFTY, "minute", 1)
-    assert result["candles"] == 0
+    result = make(db, kite_settings, limiter, now=sunday, spy=spy).run(
+        NIFTY, "minute", start="2025-03-08T09:00:00+05:30", end="2025-03-09T17:00:00+05:30")
+    assert result["candles"] == 0 and spy.calls == []
+
+
+def test_a_gap_window_fetches_whole_candles_of_that_window_only(
+    db: Engine, kite_settings: Settings, limiter: HistoricalLimiter
+) -> None:
+    spy = Spy()
+    make(db, kite_settings, limiter, spy=spy).run(
+        INFY, "minute", start="2025-03-07T10:03:20+05:30", end="2025-03-07T04:37:40Z")
+    assert [c[1:3] for c in spy.calls] == [(datetime(2025, 3, 7, 10, 3),
+                                            datetime(2025, 3, 7, 10, 7))]
+    assert len(stored(db, INFY)) == 5  # 10:03 .. 10:07 IST
+
+
+def test_a_bad_gap_window_fails_before_any_request(db: Engine, kite_settings: Settings) -> None:
+    spy = Spy()
+    with pytest.raises(InvalidWindow, match="no UTC offset"):
+        make(db, kite_settings, None, spy=spy).run(INFY, start="2025-03-07T10:00:00")
+    with pytest.raises(InvalidWindow, match="without start"):
+        make(db, kite_settings, None, spy=spy).run(INFY, end="2025-03-07T10:00:00+05:30")
+    assert spy.calls == []
+
+
+def test_the_same_task_delivered_twice_calls_kite_once(
+    db: Engine, kite_settings: Settings, redis_client: redis.Redis
+) -> None:
+    rt = Runtime(settings=kite_settings, application_name="tests")
+    spy = Spy()
+    gap = {"start": "2025-03-07T10:00:00+05:30", "end": "2025-03-07T10:09:00+05:30"}
+    try:
+        first = backfill.run(rt, INFY, "minute", task_id="gap-evt-1", client_factory=spy, **gap)
+        again = backfill.run(rt, INFY, "minute", task_id="gap-evt-1", client_factory=spy, **gap)
+        assert first == again and first["candles"] == 10
+        assert len(spy.calls) == 1
+        backfill.run(rt, INFY, "minute", task_id="gap-evt-2", client_factory=spy, **gap)
+        assert len(spy.calls) == 2  # another task id is other work
+        assert redis_client.ttl(rt.keys.backfill_done("gap-evt-1")) > 0
+        assert not redis_client.exists(rt.keys.backfill_lock("gap-evt-1"))
+    finally:
+        rt.engine.dispose()
 
 
 def test_bad_input_fails_before_any_request(db: Engine, kite_settings: Settings) -> None:
@@ -341,3 +404,26 @@ def test_a_worker_without_the_limiter_retries_429s_until_done(
             "SELECT instrument_token, count(*) FROM candles GROUP BY 1")).all())
     assert {r["instrument_token"] for r in results} == set(counts)
     assert len(set(counts.values())) == 1  # every instrument has the same sessions
+
+
+@pytest.mark.e2e
+def test_a_gap_backfill_delivered_twice_by_the_broker_calls_kite_once(
+    db: Engine, kite_settings: Settings
+) -> None:
+    from ticker_worker.celery import app
+
+    proc = _worker(kite_settings, LOG_LEVEL="INFO")
+    gap = {"interval": "minute", "start": "2025-03-07T10:00:00+05:30",
+           "end": "2025-03-07T10:04:00+05:30"}
+    try:
+        # As the relay sends it: kwargs start/end, the task id derived from the gap event's id.
+        first = app.send_task("ticker_worker.backfill", args=[INFY], kwargs=gap,
+                              task_id="gap-event-42", queue="backfill").get(timeout=120)
+        app.send_task("ticker_worker.backfill", args=[INFY], kwargs=gap,
+                      task_id="gap-event-42", queue="backfill")
+        wait_for(lambda: "gap-event-42 was done already" in proc.output(), 60,
+                 "the second delivery to finish")
+    finally:
+        proc.stop()
+    assert first["candles"] == 5
+    assert proc.output().count("backfill 408065 minute: chunk 1 of 1") == 1  # one Kite request

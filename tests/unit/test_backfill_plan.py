@@ -1,4 +1,4 @@
-"""Backfill planning (pure): input validation, the look-back rule, IST conversion, chunking."""
+"""Backfill planning (pure): input validation, sessions as the look-back, IST, gap windows."""
 
 from __future__ import annotations
 
@@ -13,16 +13,20 @@ from ticker_worker.backfill import (
     INTERVALS,
     MAX_DAYS,
     MAX_DAYS_PER_REQUEST,
-    Window,
-    lookback_start,
     order_accounts,
     parse_days,
     parse_interval,
-    plan_windows,
-    to_ist_naive,
 )
+from ticker_worker.core.backfill_plan import (
+    Window,
+    gap_window,
+    naive_ist,
+    session_windows,
+    sessions_start,
+)
+from ticker_worker.core.sessions import IST, NSE_EQUITY
 from ticker_worker.db.accounts import AccountRow
-from ticker_worker.errors import InvalidDays, InvalidInterval, InvalidRequest
+from ticker_worker.errors import InvalidDays, InvalidInterval, InvalidRequest, InvalidWindow
 
 NOW = datetime(2025, 3, 7, 10, 0, tzinfo=UTC)  # 15:30 IST, a Friday
 
@@ -54,79 +58,101 @@ def test_bad_days_are_refused_naming_them(bad: object) -> None:
 
 
 def test_utc_becomes_naive_ist_wall_clock() -> None:
-    assert to_ist_naive(datetime(2025, 3, 7, 3, 45, 30, 999, tzinfo=UTC)) == datetime(
+    assert naive_ist(datetime(2025, 3, 7, 3, 45, 30, 999, tzinfo=UTC)) == datetime(
         2025, 3, 7, 9, 15, 30)
     ist = timezone(timedelta(hours=5, minutes=30))
-    assert to_ist_naive(datetime(2025, 3, 7, 9, 15, tzinfo=ist)) == datetime(2025, 3, 7, 9, 15)
+    assert naive_ist(datetime(2025, 3, 7, 9, 15, tzinfo=ist)) == datetime(2025, 3, 7, 9, 15)
 
 
 def test_naive_input_is_refused_rather_than_guessed() -> None:
     with pytest.raises(ValueError, match="no UTC offset"):
-        to_ist_naive(datetime(2025, 3, 7, 9, 15))
+        naive_ist(datetime(2025, 3, 7, 9, 15))
 
 
-def test_lookback_without_stored_candles_is_days_back() -> None:
-    assert lookback_start(NOW, 5, None, "minute") == NOW - timedelta(days=5)
+def ist(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> datetime:
+    return datetime(y, m, d, hh, mm, tzinfo=IST)
 
 
-def test_lookback_resumes_one_interval_after_the_last_candle() -> None:
-    last = NOW - timedelta(hours=1)
-    assert lookback_start(NOW, 5, last, "minute") == last + timedelta(minutes=1)
-    assert lookback_start(NOW, 5, last, "15minute") == last + timedelta(minutes=15)
+def test_days_count_trading_sessions_not_calendar_days() -> None:
+    # Five sessions back from Friday 15:30: Monday the 3rd; from Monday 08:00 (before its open),
+    # the five are the previous week's.
+    assert sessions_start(NSE_EQUITY, NOW, 5) == ist(2025, 3, 3, 9, 15)
+    assert sessions_start(NSE_EQUITY, ist(2025, 3, 10, 8), 5) == ist(2025, 3, 3, 9, 15)
+    # Wednesday 26 Feb 2025 (Maha Shivaratri) is no session: six back from Friday 7 March
+    # reach Thursday the 27th, seven reach Tuesday the 25th.
+    assert sessions_start(NSE_EQUITY, NOW, 6) == ist(2025, 2, 28, 9, 15)
+    assert sessions_start(NSE_EQUITY, NOW, 7) == ist(2025, 2, 27, 9, 15)
+    assert sessions_start(NSE_EQUITY, NOW, 8) == ist(2025, 2, 25, 9, 15)
 
 
-def test_lookback_never_reaches_further_back_than_days() -> None:
-    long_ago = NOW - timedelta(days=30)
-    assert lookback_start(NOW, 5, long_ago, "day") == NOW - timedelta(days=5)
+def test_a_monday_morning_backfill_asks_for_fridays_session_only() -> None:
+    monday = ist(2025, 3, 10, 8, 0)
+    start = sessions_start(NSE_EQUITY, monday, 1)
+    assert start is not None
+    assert session_windows(NSE_EQUITY, start, monday, "minute", 60) == [
+        Window(datetime(2025, 3, 7, 9, 15), datetime(2025, 3, 7, 15, 30))]
 
 
-def test_windows_are_sent_as_ist() -> None:
-    start = datetime(2025, 3, 3, 3, 45, tzinfo=UTC)  # Monday 09:15 IST
-    assert plan_windows(start, NOW, "minute") == [
-        Window(datetime(2025, 3, 3, 9, 15), datetime(2025, 3, 7, 15, 30))]
+def test_a_window_without_a_session_costs_no_request() -> None:
+    assert session_windows(NSE_EQUITY, ist(2025, 3, 8), ist(2025, 3, 9, 23), "minute", 60) == []
+    assert session_windows(NSE_EQUITY, ist(2025, 3, 7, 16), ist(2025, 3, 10, 9), "day",
+                           2000) == []
 
 
-def test_150_days_of_minutes_take_three_requests() -> None:
-    windows = plan_windows(NOW - timedelta(days=150), NOW, "minute")
-    assert len(windows) == 3
-    assert windows[0].end - windows[0].start == timedelta(days=60, seconds=-1)
-    assert windows[1].start == windows[0].end + timedelta(seconds=1)
-    assert windows[-1].end == to_ist_naive(NOW)
+def test_consecutive_sessions_share_a_request_within_the_cap() -> None:
+    windows = session_windows(NSE_EQUITY, ist(2025, 3, 3), ist(2025, 3, 7, 16), "minute", 60)
+    assert windows == [Window(datetime(2025, 3, 3, 9, 15), datetime(2025, 3, 7, 15, 30))]
+    day = session_windows(NSE_EQUITY, ist(2025, 3, 3), ist(2025, 3, 7, 16), "day", 2000)
+    assert day == [Window(datetime(2025, 3, 3), datetime(2025, 3, 7, 15, 30))]
 
 
 @pytest.mark.parametrize(("interval", "days", "requests"), [
-    ("day", 2000, 1), ("day", 2001, 2), ("60minute", 400, 1), ("60minute", 401, 2),
-    ("15minute", 600, 3), ("3minute", 100, 1), ("minute", 60, 1), ("minute", 61, 2),
+    ("day", 2000, 1), ("60minute", 400, 1), ("15minute", 600, 3), ("minute", 60, 1),
+    ("minute", 150, 3),
 ])
 def test_request_count_follows_kite_caps(interval: str, days: int, requests: int) -> None:
-    # A span of exactly the cap is one request: its last second falls in the one window.
     start = NOW - timedelta(days=days) + timedelta(seconds=1)
-    assert len(plan_windows(start, NOW, interval)) == requests
-
-
-def test_nothing_to_fetch_when_start_is_after_now() -> None:
-    assert plan_windows(NOW + timedelta(minutes=1), NOW, "minute") == []
-
-
-def test_one_second_span_is_one_request() -> None:
-    assert len(plan_windows(NOW, NOW, "minute")) == 1
+    windows = session_windows(NSE_EQUITY, start, NOW, interval, MAX_DAYS_PER_REQUEST[interval])
+    assert len(windows) == requests
 
 
 @given(
     interval=st.sampled_from(list(INTERVALS)),
     span=st.integers(min_value=0, max_value=3000 * 86400),
 )
-def test_windows_tile_the_span_within_the_cap(interval: str, span: int) -> None:
+def test_windows_cover_only_sessions_within_the_cap(interval: str, span: int) -> None:
     start = NOW - timedelta(seconds=span)
-    windows = plan_windows(start, NOW, interval)
+    windows = session_windows(NSE_EQUITY, start, NOW, interval, MAX_DAYS_PER_REQUEST[interval])
     cap = timedelta(days=MAX_DAYS_PER_REQUEST[interval])
-    assert windows[0].start == to_ist_naive(start)
-    assert windows[-1].end == to_ist_naive(NOW)
     for w in windows:
-        assert w.start <= w.end
-        assert w.end - w.start < cap
+        assert w.start <= w.end and w.end - w.start < cap
+        assert w.end.time() <= NSE_EQUITY.close
+        assert w.start.weekday() < 5 and w.end.weekday() < 5
     for before, after in pairwise(windows):
-        assert after.start == before.end + timedelta(seconds=1)
+        assert after.start > before.end
+
+
+def test_gap_windows_round_out_to_whole_candles() -> None:
+    five = INTERVALS["5minute"]
+    first, last = gap_window("2025-03-07T10:03:20+05:30", "2025-03-07T04:37:40Z", NSE_EQUITY,
+                             five, NOW)
+    assert (first, last) == (ist(2025, 3, 7, 10, 0), ist(2025, 3, 7, 10, 5))
+    first, last = gap_window("2025-03-07T10:03:20+05:30", None, NSE_EQUITY,
+                             INTERVALS["minute"], NOW)
+    assert first == ist(2025, 3, 7, 10, 3) and last == ist(2025, 3, 7, 15, 30)
+
+
+@pytest.mark.parametrize(("start", "end", "message"), [
+    ("yesterday", None, "ISO-8601"),
+    ("2025-03-07T10:00:00", None, "no UTC offset"),
+    ("2025-03-07T10:00:00+05:30", "2025-03-07T09:00:00+05:30", "after end"),
+    ("2025-03-08T10:00:00+05:30", None, "in the future"),
+    ("2010-03-07T10:00:00+05:30", None, "longer than 2000 days"),
+    (1741321800, None, "ISO-8601 string"),
+])
+def test_bad_gap_windows_are_refused_clearly(start: object, end: object, message: str) -> None:
+    with pytest.raises(InvalidWindow, match=message):
+        gap_window(start, end, NSE_EQUITY, INTERVALS["minute"], NOW)
 
 
 def _account(name: str, enabled: bool = True, healthy: bool = True) -> AccountRow:

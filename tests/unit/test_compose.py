@@ -81,14 +81,16 @@ def test_workers_consume_every_routed_queue(compose: dict[str, Any]) -> None:
     import celeryconfig
 
     routed = {celeryconfig.task_default_queue} | {
-        r["queue"] for r in celeryconfig.task_routes.values()}
+        r["queue"] for r in celeryconfig.task_routes.values()} | {
+        q.name for q in celeryconfig.task_queues}
     consumed = set()
     for service in ours(compose).values():
         argv = argv_of(service["command"])
         if argv[:4] == ["celery", "-A", "ticker_worker", "worker"]:
             consumed.add(argv[argv.index("-Q") + 1])
     assert consumed == routed
-    assert {"worker", "backfill-worker"} <= set(compose["services"])
+    assert {"worker", "backfill-worker", "gap-backfill-worker"} <= set(compose["services"])
+    assert "backfill_gaps" in consumed
 
 
 def test_expected_services_and_commands(compose: dict[str, Any]) -> None:
@@ -125,8 +127,26 @@ def test_healthchecks_use_our_cli(compose: dict[str, Any]) -> None:
             assert check_celery(argv) == "inspect", argv
         else:  # an HTTP probe with the image's own Python (no curl in -slim)
             assert argv[:2] == ["python", "-c"], (name, argv)
-            assert re.search(r"http://127\.0\.0\.1:\d+/(healthcheck|_sim/stats)", argv[2])
+            assert re.search(r"http://127\.0\.0\.1:\d+/(healthcheck|_sim/stats|health)'",
+                             argv[2]), (name, argv)
     assert "/healthcheck" in " ".join(healthcheck_argv(services["flower"]))
+
+
+def test_two_holders_one_active_one_standby(compose: dict[str, Any]) -> None:
+    """Two holder processes against the same Postgres and Redis (the lease picks the active
+    one), each with its own published port for /health and /metrics."""
+    services = compose["services"]
+    holders = {n: s for n, s in ours(compose).items()
+               if argv_of(s["command"]) == ["ticker-worker", "holder"]}
+    assert set(holders) == {"holder", "holder-2"}
+    envs = [environment(s) for s in holders.values()]
+    assert envs[0]["DATABASE_URL"] == envs[1]["DATABASE_URL"]
+    assert envs[0]["REDIS_URL"] == envs[1]["REDIS_URL"]
+    published = [p.rsplit(":", 2)[-2] for s in holders.values() for p in s["ports"]]
+    assert len(published) == 2 and len(set(published)) == 2, published
+    deps = services["holder-2"]["depends_on"]
+    assert deps["migrate"]["condition"] == "service_completed_successfully"
+    assert "/health" in " ".join(healthcheck_argv(services["holder-2"]))
 
 
 def test_startup_order_uses_conditions(compose: dict[str, Any]) -> None:

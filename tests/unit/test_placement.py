@@ -7,6 +7,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ticker_worker.core import wire
 from ticker_worker.core.placement import AccountLoad, Layout
 from ticker_worker.core.reconcile import Desired, Placed, Plan, plan
 
@@ -30,20 +31,25 @@ class World:
         return Layout(loads.values(), PER_CONN, MAX_CONNS)
 
     def apply(self, p: Plan) -> None:
-        for slot, by_mode in p.subscribe.items():
-            for mode, tokens in by_mode.items():
-                for t in tokens:
-                    assert t not in self.conns[slot], "subscribed twice on one connection"
-                    self.conns[slot][t] = mode
-        for slot, by_mode in p.set_mode.items():
-            for mode, tokens in by_mode.items():
-                for t in tokens:
-                    assert t in self.conns[slot], "mode sent to a connection without the token"
-                    self.conns[slot][t] = mode
-        for slot, tokens in p.unsubscribe.items():
-            for t in tokens:
-                assert t in self.conns[slot], "unsubscribe sent where the token is not"
-                del self.conns[slot][t]
+        # The messages in the order they go on the wire, the caps checked after each one.
+        for m in wire.messages(p, batch_size=2):
+            conn = self.conns[m.slot]
+            for t in m.tokens:
+                if m.action == "subscribe":
+                    assert t not in conn, "subscribed twice on one connection"
+                    conn[t] = "quote"
+                elif m.action == "mode":
+                    assert t in conn, "mode sent to a connection without the token"
+                    conn[t] = m.mode or ""
+                else:
+                    assert t in conn, "unsubscribe sent where the token is not"
+                    del conn[t]
+            self.check_caps()
+        # Make-before-break: the old connection lets go once the new one confirmed.
+        for t, old in p.release_after_ack.items():
+            assert t in self.conns[old], "released where the token is not"
+            del self.conns[old][t]
+            self.check_caps()
         for d, slot in p.activated:
             self.rows[d.token] = Desired(d.token, d.mode, True, "active", slot[0], slot[1],
                                          d.generation, False)
@@ -54,16 +60,20 @@ class World:
             self.rows[d.token] = Desired(d.token, d.mode, True, "queued", None, None,
                                          d.generation, False)
 
-    def check(self) -> None:
+    def check_caps(self) -> None:
         per_account: dict[str, int] = defaultdict(int)
-        where: dict[int, list[tuple[str, int]]] = defaultdict(list)
         for slot, tokens in self.conns.items():
-            assert len(tokens) <= PER_CONN
+            assert len(tokens) <= PER_CONN, f"{slot} carries {len(tokens)} tokens"
             if tokens:
                 per_account[slot[0]] += 1
+        assert all(n <= MAX_CONNS for n in per_account.values())
+
+    def check(self) -> None:
+        self.check_caps()
+        where: dict[int, list[tuple[str, int]]] = defaultdict(list)
+        for slot, tokens in self.conns.items():
             for t in tokens:
                 where[t].append(slot)
-        assert all(n <= MAX_CONNS for n in per_account.values())
         for t, row in self.rows.items():
             slots = where.get(t, [])
             if row.wanted and row.status == "active":
@@ -157,7 +167,10 @@ def test_unhealthy_account_moves_its_instruments_make_before_break() -> None:
     p = step(world, ("health", "a", False))
     moved = sorted(t for by_mode in p.subscribe.values() for ts in by_mode.values() for t in ts)
     assert moved == on_a
-    assert sorted(t for ts in p.unsubscribe.values() for t in ts) == on_a
+    # The break waits for the new connection's first tick: no unsubscribe in the same plan.
+    assert not p.unsubscribe
+    assert sorted(p.release_after_ack) == on_a
+    assert all(slot[0] == "a" for slot in p.release_after_ack.values())
     world.apply(p)
     world.check()
     assert all(pl.account != "a" for pl in world.actual.values())

@@ -2,7 +2,8 @@
 
 The plan touches only the connections that hold (or will hold) a changed instrument, so the
 instruments already streaming never see a message. A move (account unhealthy) subscribes on
-the new connection before letting go of the old one.
+the new connection and lets go of the old one only once the new one confirmed it (its first
+tick): the plan lists those releases apart, in `release_after_ack`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Desired:
     connection: int | None = None
     generation: int = 1
     dirty: bool = True
+    transitions: int = 0
+    # Why the instrument can no longer stream (expired or no longer listed), else None.
+    expired: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Placed:
     account: str
     connection: int
     mode: str
+    generation: int = 0
 
     @property
     def slot(self) -> Slot:
@@ -54,7 +59,9 @@ class Plan:
     activated: list[tuple[Desired, Slot]] = field(default_factory=list)
     removed: list[Desired] = field(default_factory=list)
     queued: list[tuple[Desired, str]] = field(default_factory=list)
+    failed: list[tuple[Desired, str]] = field(default_factory=list)
     settled: list[Desired] = field(default_factory=list)
+    release_after_ack: dict[int, Slot] = field(default_factory=dict)
 
     def touched(self) -> set[Slot]:
         """Every connection this plan sends a message to."""
@@ -63,7 +70,7 @@ class Plan:
     def is_empty(self) -> bool:
         """True when there is nothing to send and nothing to record."""
         return not (self.touched() or self.activated or self.removed or self.queued
-                    or self.settled)
+                    or self.failed or self.settled or self.release_after_ack)
 
 
 def _place_new(d: Desired, layout: Layout) -> Slot | None:
@@ -80,7 +87,7 @@ def _plan_wanted(d: Desired, placed: Placed | None, layout: Layout, plan: Plan,
     if placed is not None and layout.usable(placed.account):
         if placed.mode != d.mode:
             plan.set_mode[placed.slot][d.mode].append(d.token)
-            actual[d.token] = Placed(placed.account, placed.connection, d.mode)
+            actual[d.token] = Placed(placed.account, placed.connection, d.mode, d.generation)
         moved = (d.account, d.connection) != placed.slot
         if d.status != "active" or moved:
             plan.activated.append((d, placed.slot))
@@ -89,17 +96,28 @@ def _plan_wanted(d: Desired, placed: Placed | None, layout: Layout, plan: Plan,
         return
     slot = _place_new(d, layout)
     if placed is not None:  # its account went away: move it (make before break)
-        plan.unsubscribe[placed.slot].append(d.token)
         layout.release(placed.slot)
         del actual[d.token]
+        if slot is None:
+            plan.unsubscribe[placed.slot].append(d.token)
+        else:
+            plan.release_after_ack[d.token] = placed.slot
     if slot is None:
         if d.status != "queued" or d.dirty:
             plan.queued.append((d, layout.reason_full()))
         return
     layout.take(slot)
     plan.subscribe[slot][d.mode].append(d.token)
-    actual[d.token] = Placed(slot[0], slot[1], d.mode)
+    actual[d.token] = Placed(slot[0], slot[1], d.mode, d.generation)
     plan.activated.append((d, slot))
+
+
+def _drop(d: Desired, placed: Placed | None, layout: Layout, plan: Plan,
+          actual: dict[int, Placed]) -> None:
+    if placed is not None:
+        plan.unsubscribe[placed.slot].append(d.token)
+        layout.release(placed.slot)
+        del actual[d.token]
 
 
 def plan(desired: Iterable[Desired], actual: dict[int, Placed], layout: Layout,
@@ -112,16 +130,18 @@ def plan(desired: Iterable[Desired], actual: dict[int, Placed], layout: Layout,
     result = Plan()
     seen: set[int] = set()
     # Removals first, so the capacity they free is usable by the adds of the same pass.
-    for d in sorted(desired, key=lambda row: row.wanted):
+    for d in sorted(desired, key=lambda row: row.wanted and not row.expired):
         seen.add(d.token)
         placed = actual.get(d.token)
+        if d.wanted and d.expired:
+            _drop(d, placed, layout, result, actual)
+            if d.status != "failed" or d.dirty:
+                result.failed.append((d, d.expired))
+            continue
         if d.wanted:
             _plan_wanted(d, placed, layout, result, actual)
             continue
-        if placed is not None:
-            result.unsubscribe[placed.slot].append(d.token)
-            layout.release(placed.slot)
-            del actual[d.token]
+        _drop(d, placed, layout, result, actual)
         if d.status != "removed" or d.dirty:
             result.removed.append(d)
     if full:

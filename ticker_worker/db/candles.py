@@ -98,3 +98,14 @@ def last_ts(conn: Connection, instrument_token: int, interval: str) -> datetime 
         _LAST_TS, {"instrument_token": instrument_token, "interval": interval}
     ).scalar_one()
     return value
+
+
+def last_prices(conn: Connection, tokens: Sequence[int]) -> dict[int, float]:
+    """The last real price known per token: the newest candle's close, else the dump's price."""
+    rows = conn.execute(text("""
+        SELECT i.instrument_token, coalesce(
+            (SELECT c.close FROM candles c WHERE c.instrument_token = i.instrument_token
+             ORDER BY c.ts DESC LIMIT 1), nullif(i.last_price, 0)) AS price
+        FROM instruments i WHERE i.instrument_token = ANY(CAST(:tokens AS bigint[]))"""),
+        {"tokens": list(tokens)})
+    return {r.instrument_token: float(r.price) for r in rows if r.price is not None}

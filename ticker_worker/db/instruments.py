@@ -8,6 +8,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ticker_worker.keys import FULL_PASS, NUDGE_CHANNEL
+
 IST = timezone(timedelta(hours=5, minutes=30))
 COLUMNS = (
     "instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
@@ -113,4 +115,7 @@ def sync(
         text("UPDATE instruments SET listed = false WHERE listed AND synced_at < :t"),
         {"t": started},
     ).rowcount
+    # A full pass of the holder unsubscribes and fails what left the dump (or expired), now
+    # rather than at its next timer.
+    conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NUDGE_CHANNEL, "p": FULL_PASS})
     return total, unlisted

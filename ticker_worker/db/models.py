@@ -48,18 +48,23 @@ class Base(DeclarativeBase):
 
 
 class Account(Base):
-    """A Kite Connect app + user session. The access token is a secret: never log or print it."""
+    """A Kite Connect app + user session. Token and api secret are secrets: never log them."""
 
     __tablename__ = "accounts"
 
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
     api_key: Mapped[str] = mapped_column(Text, unique=True)
-    access_token: Mapped[str] = mapped_column(Text)
+    # None until the first `accounts login` / `set-token`.
+    access_token: Mapped[str | None] = mapped_column(Text)
+    # Fernet token of the api secret, keyed by TICKER_SECRET_KEY; never the plain text.
+    api_secret_encrypted: Mapped[str | None] = mapped_column(Text)
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     healthy: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     unhealthy_reason: Mapped[str | None] = mapped_column(Text)
     token_updated_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
+    # Kite's tokens die at the next 06:00 IST after they are issued.
+    token_expires_at: Mapped[datetime | None] = mapped_column(TZ)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
 
 
@@ -116,6 +121,8 @@ class Subscription(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(BigInteger, server_default="1")
     observed_generation: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # Status transitions so far; with the generation it derives each event's id.
+    transitions: Mapped[int] = mapped_column(BigInteger, server_default="0")
     requested_at: Mapped[datetime] = mapped_column(TZ, server_default=func.now())
     activated_at: Mapped[datetime | None] = mapped_column(TZ)
     removed_at: Mapped[datetime | None] = mapped_column(TZ)

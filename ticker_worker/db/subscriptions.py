@@ -112,3 +112,9 @@ def change_mode(conn: Connection, token: int, mode: str) -> tuple[str, str] | No
         _SET_MODE, {"token": token, "mode": mode, "channel": NUDGE_CHANNEL,
                     "payload": str(token)}).first()
     return (row.mode, row.status) if row else None
+
+
+def wanted_modes(conn: Connection) -> dict[int, str]:
+    """Every wanted instrument with its mode, placed or not."""
+    rows = conn.execute(text("SELECT instrument_token, mode FROM subscriptions WHERE wanted"))
+    return {r.instrument_token: r.mode for r in rows}

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from ticker_worker.core.placement import AccountLoad
 from ticker_worker.db.accounts import AccountRow
-from ticker_worker.kite.ticker import Credentials, TickerConnection
+from ticker_worker.holder.ports import Link
+from ticker_worker.kite.ticker import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,7 @@ class AccountState:
     """One account as the holder runs it."""
 
     row: AccountRow
-    connections: dict[int, TickerConnection] = field(default_factory=dict)
+    connections: dict[int, Link] = field(default_factory=dict)
     auth_failed: bool = False
 
     @property
@@ -34,10 +35,16 @@ class AccountState:
         """Read at every (re)connect, so a token updated with `accounts set-token` is used."""
         return Credentials(self.row.api_key, self.row.access_token)
 
-    def load(self) -> AccountLoad:
-        """Current load per connection, for placement."""
-        loads = {i: len(c.tokens) for i, c in self.connections.items()} if self.usable else {}
-        return AccountLoad(self.name, self.usable, loads)
+    def load(self, per_connection: int) -> AccountLoad:
+        """Current load per connection, for placement. A connection on which Kite refused
+        tokens counts as full until some leave it."""
+        if not self.usable:
+            return AccountLoad(self.name, False, {})
+        loads = {
+            i: per_connection if c.cap is not None and len(c.tokens) >= c.cap else len(c.tokens)
+            for i, c in self.connections.items()
+        }
+        return AccountLoad(self.name, True, loads)
 
     def update(self, row: AccountRow) -> bool:
         """Take the latest database row; True when the account became usable again."""

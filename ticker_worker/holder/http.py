@@ -34,15 +34,38 @@ class HolderCollector(Collector):
                                         labels=["account", "connection"])
         reconnects = CounterMetricFamily("ticker_connection_reconnects", "Reconnect attempts",
                                          labels=["account", "connection"])
+        expiry = GaugeMetricFamily("ticker_account_token_expiry_seconds",
+                                   "Seconds until the access token expires (06:00 IST)",
+                                   labels=["account"])
+        refused = CounterMetricFamily("ticker_connection_refused",
+                                      "Tokens Kite refused on the connection (error frames)",
+                                      labels=["account", "connection"])
         for a in ticker["accounts"]:
             healthy.add_metric([a["name"]], 1.0 if a["healthy"] else 0.0)
             used.add_metric([a["name"]], a["used"])
+            if a.get("token_expires_in") is not None:
+                expiry.add_metric([a["name"]], a["token_expires_in"])
             for c in a["connections"]:
                 labels = [a["name"], str(c["index"])]
                 conn_up.add_metric(labels, 1.0 if c["connected"] else 0.0)
                 conn_tokens.add_metric(labels, c["tokens"])
                 reconnects.add_metric(labels, c["reconnects"])
-        yield from (healthy, used, conn_up, conn_tokens, reconnects)
+                refused.add_metric(labels, c["refused"])
+        yield from (healthy, used, expiry, conn_up, conn_tokens, reconnects, refused)
+        role = GaugeMetricFamily("ticker_holder_active", "1 if this holder holds the lease")
+        role.add_metric([], 1.0 if doc["role"] == "active" else 0.0)
+        yield role
+        holder = doc["holder"]
+        yield GaugeMetricFamily("ticker_holder_epoch",
+                                "The lease epoch this holder holds (0: none)",
+                                value=holder["epoch"] or 0)
+        yield CounterMetricFamily("ticker_holder_takeovers", "Times this holder took the lease",
+                                  value=holder["takeovers"])
+        yield GaugeMetricFamily("ticker_awaiting_first_tick",
+                                "Placed instruments re-sent once and still without a first tick",
+                                value=ticker["awaiting_first_tick"])
+        yield GaugeMetricFamily("ticker_open_gaps", "Instruments silent since a fault, not yet "
+                                "ticking again", value=ticker["open_gaps"])
         yield CounterMetricFamily("ticker_ticks", "Ticks published", value=ticker["ticks_total"])
         yield CounterMetricFamily("ticker_publish_failures", "Frames Redis did not take",
                                   value=ticker["publish_failures"])

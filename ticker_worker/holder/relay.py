@@ -1,27 +1,47 @@
-"""The outbox relay: deliver committed events to Redis and enqueue a backfill per created one.
+"""The outbox relay: deliver committed events to Redis and enqueue the backfill each one owes.
 
+A `subscription_created` owes a backfill of recent history (queue `backfill`); a `stream_gap`
+owes a backfill of its window (queue `backfill_gaps`, so that a drop of 3,000 instruments never
+delays the backfill of a new subscription). Each backfill's task id is its event's id: a second
+enqueue of one event is one backfill (the task keeps a done-marker per task id).
 Delivery is at-least-once: an event is marked published only after Redis took it, so a crash
 in between publishes it again later with the same `event_id`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
 import redis
 import redis.asyncio as aioredis
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from ticker_worker.core.events import EventType
-from ticker_worker.holder import store
+from ticker_worker.db import holder as sql
+from ticker_worker.db.lease import FENCE
 from ticker_worker.keys import EVENTS_STREAM_MAXLEN, RedisKeys
 
 log = logging.getLogger(__name__)
 P = TypeVar("P", redis.client.Pipeline, aioredis.client.Pipeline)
+SWEEP_INTERVAL = 2.0  # seconds between outbox sweeps
+BULK = 200  # above this many events, memory is handed back after delivery
+BACKFILL_QUEUE, GAP_QUEUE = "backfill", "backfill_gaps"
+
+
+def gap_window(event: dict[str, Any]) -> tuple[str, str]:
+    """A gap's window rounded out to whole minutes (the finest candle Kite serves)."""
+    start = datetime.fromisoformat(event["gap_start"]).replace(second=0, microsecond=0)
+    end = datetime.fromisoformat(event["gap_end"])
+    if end.second or end.microsecond:
+        end = end.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return start.isoformat(), end.isoformat()
 
 
 class Relay:
@@ -43,22 +63,27 @@ class Relay:
         with self._lock:
             self._enqueue_backfills(events)
             with self.engine.begin() as conn:
-                store.mark_published(conn, [e["event_id"] for e in events])
+                sql.mark_published(conn, [e["event_id"] for e in events])
             self._log(events)
 
-    def sweep(self) -> int:
-        """Deliver whatever the outbox still holds (after a crash or a Redis outage)."""
-        with self._lock, self.engine.begin() as conn:
-            events = store.unpublished(conn)
-            if events:
-                self._publish(events)
-                store.mark_published(conn, [e["event_id"] for e in events])
-            return len(events)
+    def sweep(self, epoch: int) -> int:
+        """Deliver whatever the outbox still holds (after a crash or a Redis outage).
 
-    def _publish(self, events: Sequence[dict[str, Any]]) -> None:
-        self._queue_commands(self.redis.pipeline(transaction=False), events).execute()
-        self._enqueue_backfills(events)
-        self._log(events)
+        Only while `epoch` holds the lease: the lease row is share-locked for the whole sweep,
+        so a takeover waits for it, and a stale holder delivers nothing.
+        """
+        with self._lock, self.engine.begin() as conn:
+            held = conn.execute(text(f"WITH {FENCE} SELECT EXISTS (SELECT 1 FROM lease)"),
+                                {"epoch": epoch}).scalar_one()
+            if not held:
+                return 0
+            events = sql.unpublished(conn)
+            if events:
+                self._queue_commands(self.redis.pipeline(transaction=False), events).execute()
+                self._enqueue_backfills(events)
+                self._log(events)
+                sql.mark_published(conn, [e["event_id"] for e in events])
+            return len(events)
 
     def _queue_commands(self, pipe: P, events: Sequence[dict[str, Any]]) -> P:
         # The same commands for the sync and the asyncio pipeline: PUBLISH, then XADD.
@@ -70,15 +95,22 @@ class Relay:
         return pipe
 
     def _enqueue_backfills(self, events: Sequence[dict[str, Any]]) -> None:
-        created = [e for e in events if e["event_type"] == EventType.CREATED.value]
-        if not created:
+        owed = [e for e in events if e["event_type"] in (EventType.CREATED, EventType.GAP)]
+        if not owed:
             return
         with self.celery.producer_or_acquire() as producer:
-            for event in created:
-                self.celery.send_task(
-                    "ticker_worker.backfill", args=[event["instrument_token"]],
-                    queue="backfill", producer=producer,
-                )
+            for event in owed:
+                token = event["instrument_token"]
+                if event["event_type"] == EventType.GAP:
+                    start, end = gap_window(event)
+                    self.celery.send_task(
+                        "ticker_worker.backfill", args=[token], queue=GAP_QUEUE,
+                        kwargs={"start": start, "end": end}, task_id=event["event_id"],
+                        producer=producer)
+                else:
+                    self.celery.send_task("ticker_worker.backfill", args=[token],
+                                          queue=BACKFILL_QUEUE, task_id=event["event_id"],
+                                          producer=producer)
 
     def _log(self, events: Sequence[dict[str, Any]]) -> None:
         self.published += len(events)
@@ -89,3 +121,69 @@ class Relay:
             log.info("%s published", event["event_type"], extra={
                 "event_id": event["event_id"], "instrument_token": event["instrument_token"],
                 "account": event["account"], "connection": event["connection"]})
+
+
+class RelayLoop:
+    """The Publisher port, and the loop that finishes fresh events and sweeps the outbox."""
+
+    def __init__(self, relay: Relay, client: aioredis.Redis, epoch: Callable[[], int | None],
+                 busy: Callable[[], bool], trim: Callable[[], Any]) -> None:
+        self.relay, self.client, self.epoch, self.busy, self.trim = relay, client, epoch, busy, trim
+        self.outbox: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+        self.last_sweep = time.monotonic()
+
+    async def publish(self, events: list[dict[str, Any]]) -> None:
+        """Publish just-committed events now; the loop enqueues their backfills."""
+        try:
+            await self.relay.publish_now(self.client, events)
+        except Exception as exc:  # noqa: BLE001 - still in the outbox: the sweep delivers it
+            log.warning("events not published now (%s); the outbox sweep will retry", exc)
+            return
+        self.outbox.put_nowait(events)
+
+    async def run(self) -> None:
+        """Finish fresh events as they come; sweep the outbox every 2 s whatever the traffic.
+
+        The sweep has its own clock: events that missed Redis during an outage must go out
+        even while new commands keep arriving.
+        """
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        while True:
+            events = await self._next(next_sweep)
+            if events:
+                await self._finish(events)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL
+                if self.outbox.empty() or time.monotonic() - self.last_sweep > 30:
+                    await self._sweep()
+
+    async def _next(self, until: float) -> list[dict[str, Any]] | None:
+        if not self.outbox.empty():
+            return self.outbox.get_nowait()
+        try:
+            return await asyncio.wait_for(self.outbox.get(), max(0.01, until - time.monotonic()))
+        except TimeoutError:
+            return None
+
+    async def _finish(self, events: list[dict[str, Any]]) -> None:
+        # Events are published already; only their backfill enqueue waits for a bulk placement
+        # (thousands of enqueues would compete with it for the GIL), and not forever.
+        deadline = time.monotonic() + 10
+        while self.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.to_thread(self.relay.finish, events)
+        except Exception as exc:  # noqa: BLE001 - left in the outbox, swept later
+            log.warning("event delivery failed (%s); will retry from the outbox", exc)
+        if len(events) > BULK and self.outbox.empty():
+            await asyncio.to_thread(self.trim)
+
+    async def _sweep(self) -> None:
+        self.last_sweep = time.monotonic()
+        epoch = self.epoch()
+        if epoch is None:
+            return
+        try:
+            await asyncio.to_thread(self.relay.sweep, epoch)
+        except Exception as exc:  # noqa: BLE001 - Redis or Postgres still away
+            log.warning("outbox sweep failed: %s", exc)

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -105,6 +106,9 @@ class TickPipeline:
         self.frames_total = 0
         self.publish_failures = 0
         self.redis_ok = True
+        # Set by the holder: False when this process may no longer publish (it lost its lease).
+        self.gate: Callable[[], bool] = lambda: True
+        self.fenced_frames = 0
         self.decode = DecodeCounts()
         log.info("tick encoder: %s", "C accelerator (ticker_worker.kite._tickjson)"
                  if DECODER == "c" else "pure Python (the C accelerator is not built)")
@@ -135,6 +139,9 @@ class TickPipeline:
     async def _publish(self, body: bytes, tokens: list[int]) -> None:
         if not tokens:
             return
+        if not self.gate():
+            self.fenced_frames += 1
+            return
         now = time.time()
         self.newest_tick_at = now
         last_tick = self.last_tick
@@ -154,6 +161,11 @@ class TickPipeline:
             if self.redis_ok:
                 log.error("Redis unreachable: ticks are not being published")
             self.redis_ok = False
+
+    def clear(self) -> None:
+        """Drop every frame not yet published (the holder stepped down)."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
 
     def expect_first(self, tokens: list[int]) -> None:
         """These were just subscribed: their next tick is their acknowledgement."""

@@ -333,3 +333,21 @@ def decode_frame(
         elif length < 4:  # the official parser reads the token before it looks at the length
             raise struct.error(f"packet of {length} bytes has no instrument token")
     return ticks
+
+
+def frame_tokens(frame: bytes) -> list[int]:
+    """The instrument tokens of a frame's packets, without decoding them (a truncated frame
+    yields the tokens of its whole packets)."""
+    tokens: list[int] = []
+    if len(frame) < 2:
+        return tokens
+    count, pos, end = int.from_bytes(frame[0:2], "big"), 2, len(frame)
+    for _ in range(count):
+        if pos + 6 > end:
+            break
+        length = int.from_bytes(frame[pos:pos + 2], "big")
+        if length < 4 or pos + 2 + length > end:
+            break
+        tokens.append(int.from_bytes(frame[pos + 2:pos + 6], "big"))
+        pos += 2 + length
+    return tokens

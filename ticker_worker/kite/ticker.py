@@ -14,15 +14,43 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
 
+from ticker_worker.core.acks import AckBook
+from ticker_worker.core.wire import Message
+from ticker_worker.kite.codec import frame_tokens
+
 log = logging.getLogger(__name__)
 
-FrameHandler = Callable[["TickerConnection", bytes], Awaitable[None]]
+REFUSAL_GRACE = 0.5  # seconds after an error frame for the accepted tokens' snapshots to land
+REFUSAL_WINDOW = 3.0  # an error frame refers to tokens sent at most this long before it
+
+
+class LinkEvents(Protocol):
+    """What a connection tells its owner (the holder core)."""
+
+    async def on_frame(self, conn: TickerConnection, frame: bytes) -> None:
+        """A binary market-data frame arrived."""
+
+    def on_connected(self, conn: TickerConnection) -> None:
+        """The socket is open and the whole picture was sent again."""
+
+    def on_lost(self, conn: TickerConnection, reason: str) -> None:
+        """The socket was lost (`dropped`, `stale`, `error`) while it carried `conn.tokens`."""
+
+    def on_auth_rejected(self, conn: TickerConnection) -> None:
+        """Kite answered the handshake with 403: the token expired or was revoked."""
+
+    def on_acked(self, conn: TickerConnection, tokens: list[int]) -> None:
+        """First ticks on this connection since these tokens were (re)sent."""
+
+    def on_refused(self, conn: TickerConnection, tokens: list[int], reason: str) -> None:
+        """Kite refused these tokens (an error frame); they have left `conn.tokens`."""
 
 
 @dataclass(frozen=True)
@@ -49,23 +77,23 @@ class TickerConnection:
     """A Kite ticker connection that holds a set of tokens and keeps them streaming.
 
     `tokens` is the truth of what this connection should carry; after every (re)connect the
-    whole set is sent on this connection only.
+    whole set is sent, as one consistent picture, on this connection only. Every message goes
+    out under one lock, so nothing overtakes a resubscribe halfway through.
     """
 
     def __init__(
         self, account: str, index: int, ws_root: str, credentials: Callable[[], Credentials],
-        session: aiohttp.ClientSession, on_frame: FrameHandler,
-        on_auth_rejected: Callable[[TickerConnection], None], *, stale_after: float = 5.0,
+        session: aiohttp.ClientSession, events: LinkEvents, *, stale_after: float = 5.0,
         max_delay: float = 30.0, batch_size: int = 1000,
-        on_connected: Callable[[TickerConnection], None] | None = None,
     ) -> None:
         self.account, self.index = account, index
         self.ws_root = ws_root.rstrip("/")
-        self._credentials, self._session = credentials, session
-        self._on_frame, self._on_auth_rejected = on_frame, on_auth_rejected
-        self._on_connected = on_connected
+        self._credentials, self._session, self._events = credentials, session, events
         self.stale_after, self.max_delay, self.batch_size = stale_after, max_delay, batch_size
         self.tokens: dict[int, str] = {}
+        self.acks = AckBook()
+        self.cap: int | None = None  # lowered to what Kite accepted after a refusal
+        self.refusals = 0
         self.connected = False
         self.reconnects = 0
         self.frames = 0
@@ -74,6 +102,12 @@ class TickerConnection:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
+        self._pending: list[asyncio.TimerHandle] = []
+
+    @property
+    def slot(self) -> tuple[str, int]:
+        """(account, connection index)."""
+        return self.account, self.index
 
     @property
     def log_extra(self) -> dict[str, object]:
@@ -89,6 +123,8 @@ class TickerConnection:
 
     async def stop(self) -> None:
         """Close the socket and stop reconnecting."""
+        for handle in self._pending:
+            handle.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -96,57 +132,74 @@ class TickerConnection:
         self._task = None
         await self._close()
 
-    async def subscribe(self, tokens: Iterable[int], mode: str) -> None:
-        """Hold `tokens` in `mode`; sends `subscribe` then `mode` when connected."""
-        batch = list(tokens)
-        for t in batch:
-            self.tokens[t] = mode
-        await self._send_batches("subscribe", batch, mode)
+    async def apply(self, messages: Sequence[Message]) -> None:
+        """Make `messages` true of `tokens`, then send them in order (when connected)."""
+        for m in messages:
+            if m.action == "unsubscribe":
+                for t in m.tokens:
+                    self.tokens.pop(t, None)
+                self.acks.forget(m.tokens)
+            elif m.action == "subscribe":
+                self.tokens.update(dict.fromkeys(m.tokens, "quote"))
+            else:
+                self.tokens.update((t, m.mode or "quote") for t in m.tokens if t in self.tokens)
+        if self.cap is not None and len(self.tokens) < self.cap:
+            self.cap = None  # room again: Kite took what it could, it will take more
+        async with self._send_lock:
+            if self._ws is None or not self.connected:
+                return  # sent in full on the next connect
+            now = time.monotonic()
+            for m in messages:
+                if m.action == "subscribe":
+                    self.acks.sent(m.tokens, now)
+            await self._send([m.body() for m in messages])
 
-    async def set_mode(self, tokens: Iterable[int], mode: str) -> None:
-        """Change the mode of tokens this connection holds."""
-        batch = [t for t in tokens if t in self.tokens]
-        for t in batch:
-            self.tokens[t] = mode
-        await self._send_batches(None, batch, mode)
-
-    async def unsubscribe(self, tokens: Iterable[int]) -> None:
-        """Stop holding `tokens`."""
-        batch = [t for t in tokens if self.tokens.pop(t, None) is not None]
-        await self._send_batches("unsubscribe", batch, None)
+    async def resend(self, tokens: list[int]) -> None:
+        """Send `tokens` again (no first tick within the ack timeout)."""
+        by_mode: dict[str, list[int]] = {}
+        for t in tokens:
+            if t in self.tokens:
+                by_mode.setdefault(self.tokens[t], []).append(t)
+        async with self._send_lock:
+            if self._ws is None or not self.connected:
+                return
+            await self._send(self._picture(by_mode))
 
     async def drop(self) -> None:
         """Abort the socket (a dead or stale connection); the loop reconnects."""
         await self._close()
 
-    async def _send_batches(self, action: str | None, tokens: list[int], mode: str | None) -> None:
-        if not tokens or self._ws is None or not self.connected:
-            return  # sent in full on the next connect
-        async with self._send_lock:
+    def _picture(self, by_mode: dict[str, list[int]]) -> list[dict[str, object]]:
+        docs: list[dict[str, object]] = []
+        for mode, tokens in by_mode.items():
             for i in range(0, len(tokens), self.batch_size):
                 chunk = tokens[i:i + self.batch_size]
-                try:
-                    # Kite reads control messages from text frames only.
-                    if action is not None:
-                        await self._ws.send_str(orjson.dumps({"a": action, "v": chunk}).decode())
-                    if mode is not None:
-                        doc = {"a": "mode", "v": [mode, chunk]}
-                        await self._ws.send_str(orjson.dumps(doc).decode())
-                except (ConnectionError, RuntimeError) as exc:
-                    log.warning("send failed (%s); resubscribing on reconnect", exc,
-                                extra=self.log_extra)
+                docs += [{"a": "subscribe", "v": chunk}, {"a": "mode", "v": [mode, chunk]}]
+        return docs
+
+    async def _send(self, docs: list[dict[str, object]]) -> None:
+        ws = self._ws
+        try:
+            for doc in docs:
+                # Kite reads control messages from text frames only.
+                if ws is None:
                     return
+                await ws.send_str(orjson.dumps(doc).decode())
+        except (ConnectionError, RuntimeError) as exc:
+            log.warning("send failed (%s); resubscribing on reconnect", exc, extra=self.log_extra)
 
     async def _resubscribe_all(self) -> None:
-        by_mode: dict[str, list[int]] = {}
-        for token, mode in self.tokens.items():
-            by_mode.setdefault(mode, []).append(token)
-        for mode, tokens in by_mode.items():
-            await self._send_batches("subscribe", tokens, mode)
+        async with self._send_lock:  # one consistent picture: nothing slips in between
+            by_mode: dict[str, list[int]] = {}
+            for token, mode in self.tokens.items():
+                by_mode.setdefault(mode, []).append(token)
+            self.acks.sent(self.tokens, time.monotonic())
+            await self._send(self._picture(by_mode))
 
     async def _run(self) -> None:
         attempt = 0
         while True:
+            reason = "dropped"
             try:
                 await self._connect_and_read()
                 attempt = 0
@@ -154,15 +207,30 @@ class TickerConnection:
                 self.auth_failed = True
                 log.error("handshake refused with 403: access token expired or invalid; "
                           "not retrying until the token is updated", extra=self.log_extra)
-                self._on_auth_rejected(self)
+                await self._lost("auth")
+                self._events.on_auth_rejected(self)
                 return
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            except TimeoutError:
+                reason = "stale"
+                log.warning("no message for %.1f s: dropping", self.stale_after,
+                            extra=self.log_extra)
+            except (aiohttp.ClientError, OSError) as exc:
                 log.warning("connection lost: %s", exc.__class__.__name__, extra=self.log_extra)
-            finally:
-                await self._close()
+            except Exception:
+                reason = "error"
+                log.exception("connection task failed; reconnecting", extra=self.log_extra)
+            await self._lost(reason)
             attempt += 1
             self.reconnects += 1
             await asyncio.sleep(backoff(attempt, self.max_delay))
+
+    async def _lost(self, reason: str) -> None:
+        was_connected = self.connected
+        await self._close()
+        self.acks.clear()
+        self.cap = None  # a new socket starts from nothing on Kite's side
+        if was_connected:
+            self._events.on_lost(self, reason)
 
     async def _connect_and_read(self) -> None:
         creds = self._credentials()
@@ -180,8 +248,8 @@ class TickerConnection:
         self.last_message_at = time.monotonic()
         log.info("connected; resubscribing %d tokens", len(self.tokens), extra=self.log_extra)
         await self._resubscribe_all()
-        if self._on_connected is not None:
-            self._on_connected(self)
+        # Level-triggered: every (re)connect is followed by a reconcile pass.
+        self._events.on_connected(self)
         await self._read(self._ws)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -192,7 +260,11 @@ class TickerConnection:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 if len(msg.data) > 1:
                     self.frames += 1
-                    await self._on_frame(self, msg.data)
+                    if self.acks.unacked:
+                        acked = self.acks.seen(frame_tokens(msg.data))
+                        if acked:
+                            self._events.on_acked(self, acked)
+                    await self._events.on_frame(self, msg.data)
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 self._on_text(msg.data)
             elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
@@ -205,7 +277,26 @@ class TickerConnection:
         except orjson.JSONDecodeError:
             return
         if isinstance(doc, dict) and doc.get("type") == "error":
-            log.warning("kite error message: %s", doc.get("data"), extra=self.log_extra)
+            message = str(doc.get("data"))
+            log.warning("kite error message: %s", message, extra=self.log_extra)
+            since = time.monotonic() - REFUSAL_WINDOW
+            loop = asyncio.get_running_loop()
+            self._pending = [h for h in self._pending if h.when() > loop.time()]
+            self._pending.append(loop.call_later(REFUSAL_GRACE, self._settle_refusal, since,
+                                                 message))
+
+    def _settle_refusal(self, since: float, message: str) -> None:
+        """The tokens sent just before an error frame that never ticked were refused."""
+        refused = [t for t in self.acks.sent_since(since) if t in self.tokens]
+        if not refused:
+            return
+        for t in refused:
+            self.tokens.pop(t, None)
+        self.acks.forget(refused)
+        self.cap = len(self.tokens)
+        self.refusals += len(refused)
+        log.error("Kite refused %d token(s): %s", len(refused), message, extra=self.log_extra)
+        self._events.on_refused(self, refused, f"refused by Kite: {message}")
 
     async def _close(self) -> None:
         self.connected = False

@@ -1,14 +1,23 @@
-"""Who may connect to the simulator: api keys, their access tokens, fault states and rate limits.
+"""Who may connect to the simulator: api keys, access tokens, logins, fault states, rate limits.
 
 Without configured accounts any non-empty key/token pair is accepted, as a fresh login would be.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ticker_worker.config import DEFAULT_REDIRECT_URL
+
+# Kite's own wording for the login refusals.
+INVALID_CHECKSUM = "Invalid `checksum`."
+INVALID_REQUEST_TOKEN = "Token is invalid or has expired."
 
 
 @dataclass
@@ -79,6 +88,68 @@ class Accounts:
                 return None
             account = self.by_key[api_key] = Account(api_key, None)
         return account if account.accepts(access_token) else None
+
+
+    def grant(self, api_key: str, access_token: str) -> None:
+        """Make a freshly minted token (a login) valid for the key, lifting an expiry."""
+        account = self.by_key.get(api_key)
+        if account is None:
+            account = self.by_key[api_key] = Account(api_key, None if self._configured is None
+                                                     else set())
+        if account.allowed is not None:
+            account.allowed.add(access_token)
+        account.revoked.discard(access_token)
+        account.expired = False
+
+    def revoke(self, api_key: str, access_token: str) -> bool:
+        """Invalidate one token (a logout); False when it was not valid for the key."""
+        account = self.by_key.get(api_key)
+        if account is None or not account.accepts(access_token):
+            return False
+        account.revoked.add(access_token)
+        if account.allowed is not None:
+            account.allowed.discard(access_token)
+        return True
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request token handed out by the login page and not yet exchanged."""
+
+    api_key: str
+    user_id: str
+
+
+class Logins:
+    """Api secrets and redirect URLs per key, and the request tokens in flight."""
+
+    def __init__(self, api_secrets: dict[str, str], redirect_urls: dict[str, str]) -> None:
+        self.api_secrets = dict(api_secrets)
+        self.redirect_urls = dict(redirect_urls)
+        self.pending: dict[str, Pending] = {}
+
+    def redirect_for(self, api_key: str) -> str:
+        """The app's registered redirect URL (the product's default callback when not set)."""
+        return self.redirect_urls.get(api_key, DEFAULT_REDIRECT_URL)
+
+    def issue(self, api_key: str, user_id: str) -> str:
+        """A new single-use request token."""
+        token = secrets.token_hex(16)
+        self.pending[token] = Pending(api_key, user_id)
+        return token
+
+    def redeem(self, api_key: str, request_token: str, checksum: str) -> Pending:
+        """Spend a request token; raise ValueError with Kite's message when refused."""
+        pending = self.pending.get(request_token)
+        if pending is None or pending.api_key != api_key:
+            raise ValueError(INVALID_REQUEST_TOKEN)
+        secret = self.api_secrets.get(api_key)
+        if secret is not None:
+            expected = hashlib.sha256((api_key + request_token + secret).encode()).hexdigest()
+            if not hmac.compare_digest(expected, checksum):
+                raise ValueError(INVALID_CHECKSUM)
+        del self.pending[request_token]
+        return pending
 
 
 class RateLimiter:

@@ -1,7 +1,8 @@
 """Deterministic historical candles: each is a pure function of (seed, token, interval, start).
 
-So overlapping requests agree candle for candle. Sessions are 09:15-15:30 IST on weekdays (no
-holiday calendar); a candle's close is the next candle's open within a session.
+So overlapping requests agree candle for candle. Without a market calendar sessions are
+09:15-15:30 IST on every weekday; with one (`--market real`) each exchange's own hours and
+trading days apply. A candle's close is the next candle's open within a session.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import math
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 
+from ticker_worker.core import sessions
+from ticker_worker.core.sessions import Hours
 from ticker_worker.sim.noise import hash_ints, mix64, unit
 from ticker_worker.sim.universe import Instrument
 
@@ -83,35 +86,44 @@ class CandleMaker:
         return row
 
 
-def _session_minute(day: date) -> int:
-    """The epoch minute of 09:15 IST on `day`."""
-    return (day.toordinal() - _EPOCH_ORDINAL) * 1440 + 9 * 60 + 15 - _IST_OFFSET_MINUTES
+def _session_minute(day: date, opens: time = SESSION_OPEN) -> int:
+    """The epoch minute of the session open (IST) on `day`."""
+    return ((day.toordinal() - _EPOCH_ORDINAL) * 1440 + opens.hour * 60 + opens.minute
+            - _IST_OFFSET_MINUTES)
 
 
-def _weekdays(first: date, last: date) -> Iterator[date]:
+def _days(first: date, last: date, hours: Hours | None) -> Iterator[date]:
     day = first
     while day <= last:
-        if day.weekday() < 5:
+        if day.weekday() < 5 if hours is None else sessions.is_trading_day(hours, day):
             yield day
         day += timedelta(days=1)
 
 
 def make_candles(
-    maker: CandleMaker, interval: str, start: datetime, end: datetime, with_oi: bool
+    maker: CandleMaker, interval: str, start: datetime, end: datetime, with_oi: bool,
+    hours: Hours | None = None,
 ) -> list[Candle]:
-    """Candles whose start lies in [start, end] (naive IST); day candles by date."""
+    """Candles whose start lies in [start, end] (naive IST); day candles by date.
+
+    `hours` (the instrument's exchange session and calendar) replaces the weekday default.
+    """
     length = INTERVAL_MINUTES[interval]
+    opens = SESSION_OPEN if hours is None else hours.open
+    minutes = SESSION_MINUTES if hours is None else hours.minutes
     rows: list[Candle] = []
-    for day in _weekdays(start.date(), end.date()):
-        first = _session_minute(day)
+    for day in _days(start.date(), end.date(), hours):
+        first = _session_minute(day, opens)
+        session = datetime.combine(day, opens)
         if interval == "day":
-            rows.append(maker.candle(f"{day:%Y-%m-%d}T00:00:00+0530", first, length, 0, with_oi))
+            if hours is None or session <= end:  # today's day candle exists once it opened
+                rows.append(maker.candle(f"{day:%Y-%m-%d}T00:00:00+0530", first, minutes, 0,
+                                         with_oi))
             continue
-        session = datetime.combine(day, SESSION_OPEN)
-        for offset in range(0, SESSION_MINUTES, length):
+        for offset in range(0, minutes, length):
             at = session + timedelta(minutes=offset)
             if start <= at <= end:
                 stamp = f"{at:%Y-%m-%dT%H:%M:%S}+0530"
-                size = min(length, SESSION_MINUTES - offset)
+                size = min(length, minutes - offset)
                 rows.append(maker.candle(stamp, first + offset, size, length, with_oi))
     return rows

@@ -71,8 +71,13 @@ class Connection:
         if self.transport is not None:
             self.transport.abort()
 
-    def frame(self) -> bytes | None:
-        """One binary message with the current packet of every ticking subscription."""
+    def frame(self, closed: frozenset[int] = frozenset()) -> bytes | None:
+        """One binary message with the current packet of every ticking subscription.
+
+        Instruments of the `closed` segments (out of session on the market clock) are left out.
+        """
+        if closed:
+            return self._frame_in_session(closed)
         parts: list[bytes] = [b""]
         append = parts.append
         ltp, quote, full = self.feeds
@@ -89,6 +94,16 @@ class Connection:
             return None
         parts[0] = _COUNT.pack(len(parts) - 1)
         return b"".join(parts)
+
+    def _frame_in_session(self, closed: frozenset[int]) -> bytes | None:
+        packets: list[bytes] = []
+        for feed, packet in zip(self.feeds, ("ltp_packet", "quote_packet", "full_packet"),
+                                strict=True):
+            for token, state in feed.items():
+                if token & 0xFF not in closed:
+                    packets.append(getattr(state, packet)())
+                    state.sent += 1
+        return _COUNT.pack(len(packets)) + b"".join(packets) if packets else None
 
     def snapshot(self, tokens: Iterable[int]) -> bytes | None:
         """One binary message with the current packet of each given ticking token, in its mode."""

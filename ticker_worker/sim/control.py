@@ -1,4 +1,4 @@
-"""Fault injection and introspection under `/_sim/`: drop, mute, expire, restore, stats, reset.
+"""Fault injection and introspection under `/_sim/`: drop, mute, expire, restore, stats, clock.
 
 These answer plain JSON objects (not Kite's envelope); they need no credentials.
 """
@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from ticker_worker.sim.accounts import Account
+from ticker_worker.sim.clock import parse_instant
 from ticker_worker.sim.hub import Connection
 from ticker_worker.sim.state import SIMULATOR, Simulator
 
@@ -109,6 +110,17 @@ async def reset(request: web.Request) -> web.Response:
     return _plain({"reset": True})
 
 
+async def clock(request: web.Request) -> web.Response:
+    """`GET` the market clock; `POST ?now=ISO` jumps the simulated time (tests, demos)."""
+    sim = request.app[SIMULATOR]
+    if request.method == "POST":
+        try:
+            sim.clock.set(parse_instant(request.query.get("now", "")))
+        except ValueError as exc:
+            return _plain({"error": str(exc)}, 400)
+    return _plain(sim.clock.describe())
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register the `/_sim/` routes."""
     router.add_post("/_sim/drop", drop)
@@ -117,3 +129,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/_sim/restore", restore)
     router.add_post("/_sim/reset", reset)
     router.add_get("/_sim/stats", stats)
+    router.add_get("/_sim/clock", clock)
+    router.add_post("/_sim/clock", clock)

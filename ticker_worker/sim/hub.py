@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -52,6 +52,9 @@ class Hub:
         self._refs: dict[int, int] = {}
         self._next_id = 1
         self.ticks_dropped = 0
+        # The market clock (sim/clock.py) sets these: simulated time, and closed segments.
+        self.now: Callable[[], float] = time.time
+        self.closed_segments: Callable[[float], frozenset[int]] = lambda _: frozenset()
         self.slow_consumers_closed = 0
         self.high_water = 0  # the most tokens any connection held, closed ones included
         self.refused_total = 0
@@ -86,7 +89,7 @@ class Hub:
         """
         added: list[int] = []
         refused: list[int] = []
-        now = int(time.time())
+        now = int(self.now())
         for token in tokens:
             if token in conn.modes:
                 continue  # duplicates are normal after a reconnect
@@ -154,19 +157,21 @@ class Hub:
             if delay < 0:
                 next_at -= delay
             await asyncio.sleep(max(delay, 0))
-            await self.step(int(time.time()))
+            await self.step(int(self.now()))
 
     async def step(self, now: int) -> None:
         """Advance every live instrument once, then queue one frame per connection."""
+        closed = self.closed_segments(now)
         for state in self.live.values():
-            state.advance(now)
+            if not closed or state.token & 0xFF not in closed:
+                state.advance(now)
         for conn in list(self.connections.values()):
             if conn.account.muted or conn.id not in self.connections:
                 continue
             if len(conn.pending) >= MAX_PENDING_FRAMES:
                 self.ticks_dropped += sum(len(feed) for feed in conn.feeds)
                 continue
-            frame = conn.frame()
+            frame = conn.frame(closed)
             if frame is not None:
                 conn.push(frame)
                 await asyncio.sleep(0)  # let senders start writing while we build the rest

@@ -40,19 +40,35 @@ _INDEX_FULL = _framed(INDEX_FULL_FORMAT)
 _MASK32 = 0xFFFFFFFF
 # Price moves in ticks, chosen by 4 bits of the step hash; symmetric, mostly small.
 _MOVES = (-3, -2, -2, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 2, 2, 3)
-_FLOOR_TICKS = 10  # keeps 5 bid levels below the price positive
+_FLOOR_TICKS = 16  # keeps 5 bid levels (at most 13 ticks down) above zero
 
 
 @lru_cache(maxsize=64)
 def _depth_shapes(lot: int) -> tuple[tuple[int, ...], ...]:
-    """256 order-book shapes: 10 level quantities (buy then sell) and 10 order counts."""
+    """256 order-book shapes: 10 level quantities (buy then sell), 10 order counts, and 10
+    price offsets in ticks from the last price (buy below, sell above).
+
+    Real books have gaps between levels, and the last trade sits at or between the best bid
+    and offer: the best bid is 0-1 ticks below it, the best offer 1 tick above (0 when the bid
+    is a tick below), and each further level 1-3 ticks beyond the previous one.
+    """
     shapes = []
     for n in range(256):
         hs = [hash_ints(lot, n, level) for level in range(10)]
         quantities = [lot * (1 + h % 200) for h in hs]
         orders = [1 + (h >> 20) % 25 for h in hs]
-        shapes.append((*quantities, *orders))
+        first_bid = hs[0] >> 40 & 1
+        offsets = _offsets(first_bid, hs[:5]) + _offsets(1 - first_bid, hs[5:])
+        shapes.append((*quantities, *orders, *offsets))
     return tuple(shapes)
+
+
+def _offsets(first: int, hs: list[int]) -> list[int]:
+    offsets, at = [], first
+    for h in hs:
+        offsets.append(at)
+        at += 1 + (h >> 48) % 3
+    return offsets
 
 
 class TokenState:
@@ -149,10 +165,12 @@ class TokenState:
                 184, self.token, p, self.ltq, self.avg, self.volume, self.buy_qty,
                 self.sell_qty, self.open, self.high, self.low, self.close, e, self.oi,
                 self.oi_high, self.oi_low, e,
-                s[0], p - t, s[10], s[1], p - 2 * t, s[11], s[2], p - 3 * t, s[12],
-                s[3], p - 4 * t, s[13], s[4], p - 5 * t, s[14],
-                s[5], p + t, s[15], s[6], p + 2 * t, s[16], s[7], p + 3 * t, s[17],
-                s[8], p + 4 * t, s[18], s[9], p + 5 * t, s[19],
+                s[0], p - s[20] * t, s[10], s[1], p - s[21] * t, s[11],
+                s[2], p - s[22] * t, s[12], s[3], p - s[23] * t, s[13],
+                s[4], p - s[24] * t, s[14],
+                s[5], p + s[25] * t, s[15], s[6], p + s[26] * t, s[16],
+                s[7], p + s[27] * t, s[17], s[8], p + s[28] * t, s[18],
+                s[9], p + s[29] * t, s[19],
             )
         return self._full
 
@@ -160,8 +178,8 @@ class TokenState:
         """The `/quote` entry for this instrument, in Kite's REST shape."""
         div = divisor(self.token)
         p, t, s = self.price, self.tick, self.shape
-        levels = [(s[i], p - (i + 1) * t, s[10 + i]) for i in range(5)]
-        levels += [(s[5 + i], p + (i + 1) * t, s[15 + i]) for i in range(5)]
+        levels = [(s[i], p - s[20 + i] * t, s[10 + i]) for i in range(5)]
+        levels += [(s[5 + i], p + s[25 + i] * t, s[15 + i]) for i in range(5)]
         depth = [{"price": price / div, "quantity": q, "orders": o} for q, price, o in levels]
         return {
             "instrument_token": self.token,
@@ -204,12 +222,21 @@ class IndexState(TokenState):
     def __init__(self, instrument: Instrument, seed: int, now: int) -> None:
         super().__init__(instrument, seed, now)
         self.ltq = self.volume = self.buy_qty = self.sell_qty = 0
-        self.shape = (0,) * 20  # an index has no order book
+        self.shape = (0,) * 30  # an index has no order book
 
     def advance(self, now: int) -> None:
         """Move the index level one tick."""
         self._walk()
         self.epoch = now
+
+    def snapshot(self, now: int) -> dict[str, Any]:
+        """An index's `/quote` entry: a level and its day, no trades, depth or circuit limits."""
+        div = divisor(self.token)
+        return {
+            "instrument_token": self.token, "timestamp": _ist_text(now),
+            "last_price": self.price / div,
+            "net_change": round((self.price - self.close) / div, 4), "ohlc": self.ohlc(),
+        }
 
     def quote_packet(self) -> bytes:
         """The length-prefixed 28-byte index quote packet."""

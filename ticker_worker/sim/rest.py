@@ -6,7 +6,6 @@ Every route checks `Authorization: token KEY:TOKEN` and the per-key rate limits 
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -14,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ticker_worker.core import sessions
 from ticker_worker.sim.accounts import Account
 from ticker_worker.sim.candles import INTERVAL_MINUTES, MAX_DAYS, CandleMaker, make_candles
 from ticker_worker.sim.market import TokenState
@@ -103,15 +103,20 @@ async def historical(request: web.Request, sim: Simulator, account: Account) -> 
     if (end - start).total_seconds() > MAX_DAYS[interval] * 86400:
         raise InputError(f"interval exceeds max limit: {MAX_DAYS[interval]} days")
     with_oi = _flag(request, "oi")
-    _flag(request, "continuous")  # validated; every series here is already continuous
+    if _flag(request, "continuous") and interval != "day":
+        raise InputError("Continuous data is only available for day candles.")
     token_text = request.match_info["instrument_token"]
     instrument = sim.universe.by_token.get(int(token_text)) if token_text.isdigit() else None
     if instrument is None:
         raise InputError(f"Invalid instrument token {token_text!r}.")
     maker = CandleMaker(sim.config.seed, instrument)
+    hours = None
+    if sim.clock.real:  # no candle in the future, nor outside the exchange's sessions
+        hours = sessions.EXCHANGE_HOURS.get(instrument.exchange, sessions.NSE_EQUITY)
+        end = min(end, sim.clock.now_ist().replace(tzinfo=None))
     # Long spans take a few hundred ms; a thread lets the loop keep streaming ticks meanwhile.
     rows = await asyncio.get_running_loop().run_in_executor(
-        None, make_candles, maker, interval, start, end, with_oi
+        None, make_candles, maker, interval, start, end, with_oi, hours
     )
     return json_response({"candles": rows})
 
@@ -122,7 +127,7 @@ def _quotes(
     keys = request.query.getall("i", [])
     if len(keys) > cap:
         raise InputError(f"Too many instruments: {len(keys)} given, at most {cap} per request.")
-    now = int(time.time())
+    now = int(sim.clock.now())
     data: dict[str, Any] = {}
     for key in keys:
         instrument = sim.universe.by_key.get(key)
@@ -135,7 +140,7 @@ def _quotes(
 @kite_route("quote")
 async def quote(request: web.Request, sim: Simulator, account: Account) -> web.Response:
     """`GET /quote?i=EXCH:SYMBOL...`: full snapshots (at most 500)."""
-    return _quotes(request, sim, 500, TokenState.snapshot)
+    return _quotes(request, sim, 500, lambda s, now: s.snapshot(now))
 
 
 @kite_route("quote")

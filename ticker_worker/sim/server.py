@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from ticker_worker.sim import control, rest
+from ticker_worker.sim import control, login, rest
 from ticker_worker.sim.state import SIMULATOR, SimConfig, Simulator, error_response
 from ticker_worker.sim.universe import build_universe
 from ticker_worker.sim.ws import ticker_socket
@@ -52,6 +52,7 @@ def build_app(config: SimConfig) -> web.Application:
     app[SIMULATOR] = Simulator(config)
     app.router.add_get("/", ticker_socket)
     rest.add_routes(app.router)
+    login.add_routes(app.router)
     control.add_routes(app.router)
     app.cleanup_ctx.append(_clock)
     app.on_shutdown.append(_drop_sockets)
@@ -95,7 +96,8 @@ async def _serve(config: SimConfig) -> None:
     server = await start(config)
     print(
         f"Kite simulator listening on {server.url_http} (ticker WebSocket {server.url_ws}/, "
-        f"seed {config.seed}, tick interval {config.tick_interval}s)",
+        f"seed {config.seed}, tick interval {config.tick_interval}s, market {config.market}, "
+        f"now {server.simulator.clock.now_ist().isoformat(timespec='seconds')})",
         flush=True,
     )
     stopped = asyncio.Event()

@@ -5,12 +5,14 @@ Routes reach it through `request.app[SIMULATOR]`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import orjson
 from aiohttp import web
 
-from ticker_worker.sim.accounts import Accounts, RateLimiter
+from ticker_worker.sim.accounts import Accounts, Logins, RateLimiter
+from ticker_worker.sim.clock import MarketClock
 from ticker_worker.sim.hub import Hub
 from ticker_worker.sim.market import Market
 from ticker_worker.sim.universe import Universe, build_universe
@@ -31,6 +33,10 @@ class SimConfig:
     max_tokens_per_connection: int = 3000
     max_connections_per_key: int = 3
     rate_limits: bool = True
+    market: str = "always-open"  # or "real": sessions and holidays (sim/clock.py)
+    now: datetime | None = None  # the simulated time to start at (None: the wall clock)
+    api_secrets: dict[str, str] = field(default_factory=dict)  # api_key -> api_secret
+    redirect_urls: dict[str, str] = field(default_factory=dict)  # api_key -> redirect URL
     #: Seconds a send may wait on a client that stopped reading before its socket is closed.
     slow_consumer_timeout: float = 10.0
 
@@ -50,7 +56,9 @@ class Simulator:
         self.config = config
         self.universe = universe or build_universe(config.seed)
         self.market = Market(self.universe, config.seed)
+        self.clock = MarketClock(config.market, config.now)
         self.accounts = Accounts(config.accounts)
+        self.logins = Logins(config.api_secrets, config.redirect_urls)
         self.limiter = RateLimiter()
         self.hub = Hub(
             self.market,
@@ -60,6 +68,8 @@ class Simulator:
             max_connections=config.max_connections_per_key,
             slow_consumer_timeout=config.slow_consumer_timeout,
         )
+        self.hub.now = self.clock.now
+        self.hub.closed_segments = self.clock.closed_segments
 
     def reset(self) -> None:
         """Drop every socket and clear statistics, fault states, rate windows and prices."""

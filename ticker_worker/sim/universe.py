@@ -10,6 +10,7 @@ import csv
 import gzip
 import io
 import random
+import zlib
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
@@ -145,12 +146,31 @@ def _indices() -> Iterator[Instrument]:
             )
 
 
-def _equity(exchange: str, exchange_token: int, item: Listed) -> Instrument:
+#: Equity tick sizes by price band (upper bound, tick), modelled on the exchanges' price-band
+#: tick sizes that the real dump shows (0.01 for low-priced shares up to 5 for the dearest).
+_EQUITY_TICKS = ((250.0, 0.01), (1000.0, 0.05), (5000.0, 0.1), (10000.0, 0.5), (20000.0, 1.0))
+#: SME listings trade in lots; about one synthetic equity in twenty is one.
+_SME_LOTS = (400, 600, 800, 1000, 1200, 1600, 2000, 3000)
+
+
+def equity_tick(price: float) -> float:
+    """The tick size of an equity trading at `price`."""
+    return next((tick for bound, tick in _EQUITY_TICKS if price < bound), 5.0)
+
+
+def _equity(exchange: str, exchange_token: int, item: Listed, lot: int = 1) -> Instrument:
     token = (exchange_token << 8) | EXCHANGE_SEGMENTS[exchange.lower()]
+    tick = equity_tick(item.price)
     return Instrument(
-        token, exchange_token, item.symbol, item.name, item.price, "", 0.0, 0.05, 1, "EQ",
-        exchange, exchange,
+        token, exchange_token, item.symbol, item.name, _round_tick(item.price, tick), "", 0.0,
+        tick, lot, "EQ", exchange, exchange,
     )
+
+
+def _sme_lot(symbol: str) -> int:
+    # From the symbol, not the generator, so every other row stays as it was for a seed.
+    h = zlib.crc32(symbol.encode())
+    return _SME_LOTS[h >> 8 & 7] if h % 20 == 0 else 1
 
 
 def _equities(rng: random.Random, tokens: _Tokens) -> Iterator[Instrument]:
@@ -166,7 +186,8 @@ def _equities(rng: random.Random, tokens: _Tokens) -> Iterator[Instrument]:
             name = f"{symbol} {rng.choice(catalog.COMPANY_SUFFIXES)}"
             price = _round_tick(10 ** rng.uniform(1.3, 3.9), 0.05)
             _, exchange_token = tokens.next(segment)
-            yield _equity(exchange, exchange_token, Listed(symbol, name, exchange_token, price))
+            yield _equity(exchange, exchange_token, Listed(symbol, name, exchange_token, price),
+                          _sme_lot(symbol))
 
 
 def _fresh_symbol(rng: random.Random, seen: set[str]) -> str:

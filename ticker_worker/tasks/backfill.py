@@ -41,7 +41,13 @@ class BackfillTask(Task):  # type: ignore[misc]
 
 @app.task(name="ticker_worker.backfill", base=BackfillTask, bind=True)
 def backfill(
-    self: Task, instrument_token: Any, interval: Any = None, days: Any = None
+    self: Task, instrument_token: Any, interval: Any = None, days: Any = None, *,
+    start: Any = None, end: Any = None,
 ) -> dict[str, object]:
-    """Fetch and store the candles missing for one instrument (idempotent)."""
-    return service.run(runtime(), instrument_token, interval, days, task_id=self.request.id)
+    """Fetch and store the candles missing for one instrument, or of one gap window.
+
+    Idempotent: a second delivery of the same task id calls Kite no more. The window is
+    keyword-only (`kwargs={"start": ..., "end": ...}`), so a misplaced positional is refused.
+    """
+    return service.run(runtime(), instrument_token, interval, days, task_id=self.request.id,
+                       start=start, end=end)

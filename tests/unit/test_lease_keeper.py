@@ -1,0 +1,49 @@
+"""The lease keeper's calls to Postgres: one stuck call (a partition, a frozen server) never
+gets a queue of later calls behind it, which would run in a stale burst once it heals."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from ticker_worker.holder.lease import LeaseKeeper
+from ticker_worker.keys import RedisKeys
+
+
+class StuckDatabase:
+    """The Database port, its lease lane stuck until `heal()`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.healed = asyncio.Event()
+
+    async def run(self, fn: Any, *args: Any, lane: str = "fast") -> Any:
+        self.calls += 1
+        await self.healed.wait()
+        return 7  # the epoch an acquire returns
+
+    def heal(self) -> None:
+        self.healed.set()
+
+
+async def test_a_stuck_lease_call_gets_no_queue_behind_it() -> None:
+    db = StuckDatabase()
+    became: list[int] = []
+
+    async def on_active(epoch: int) -> None:
+        became.append(epoch)
+
+    async def on_standby() -> None:
+        pass
+
+    keeper = LeaseKeeper(db, None, RedisKeys("t"), 0.2, on_active, on_standby)  # type: ignore[arg-type]
+    for _ in range(3):
+        with pytest.raises(TimeoutError):
+            await keeper._try_take()
+    assert db.calls == 1, "later looks at the lease queued behind the stuck one"
+    db.heal()
+    await asyncio.sleep(0.01)  # the stuck call ends
+    await keeper._try_take()
+    assert db.calls == 2 and became == [7] and keeper.role == "active"

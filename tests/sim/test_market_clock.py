@@ -84,6 +84,10 @@ def test_on_a_saturday_the_socket_beats_but_does_not_tick(real_sim: ThreadedSim)
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 f"{real_sim.ws}/?api_key=weekend&access_token=t") as ws:
             await ws.send_str(json.dumps({"a": "subscribe", "v": [INFY, NIFTY]}))
+            # Like Kite on a Sunday, the subscribe is answered with the last prices, once.
+            while len(ack := (await asyncio.wait_for(ws.receive(), 5)).data) == 1:
+                pass
+            assert sorted(t["instrument_token"] for t in decode_frame(ack)) == [NIFTY, INFY]
             sizes: list[int] = []
             while sizes.count(1) < 5:  # five heartbeats: the clock stepped many times meanwhile
                 msg = await asyncio.wait_for(ws.receive(), 5)

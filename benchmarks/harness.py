@@ -189,6 +189,8 @@ class TickRecorder:
             return
         volume = tick["volume_traded"]
         previous = self.last.get(token)
+        if previous is not None and previous[0] == volume:
+            return  # the same step again: the simulator's answer to a (re)subscribe
         self.last[token] = (volume, now)
         if previous is None or not self.recording:
             return

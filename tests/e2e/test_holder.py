@@ -96,8 +96,9 @@ def test_four_small_accounts_stay_balanced(
     wait_status(engine, stocks[:20], "active")
     per_account = Counter(r.account for r in sub_rows(engine).values())
     assert sorted(per_account.values()) == [5, 5, 5, 5]
-    where = placement(sim)
-    assert all(where[t] == 1 for t in stocks[:20])
+    # `active` is written once the subscribe is on the wire; the simulator may read it later.
+    wait_for(lambda: all(placement(sim)[t] == 1 for t in stocks[:20]), 20,
+             "each instrument on exactly one simulator connection")
     lists = sim.token_lists()
     assert all(len(conns) <= 2 and all(len(c) <= 5 for c in conns) for conns in lists.values())
     wait_for(lambda: holder.health()["status"] == "healthy", what="a healthy holder")
@@ -199,4 +200,11 @@ def test_killed_holder_restores_every_subscription_without_duplicates(
     start_holder(max_tokens_per_connection=4)
     wait_for(lambda: all(placement(sim)[t] == 1 for t in tokens), 30, "every token back once")
     assert {t: (r.account, r.connection) for t, r in sub_rows(engine).items()} == before
-    assert listener.get(keys.events) == []  # nothing new was created
+    # Barrier: a witness subscribed now gets its event, so any event about the restored
+    # instruments would have come before it.
+    witness = stocks[12]
+    commands.subscribe(engine, witness, "quote")
+    wait_for(lambda: events_for(listener, keys, witness, "subscription_created"), 30,
+             "the witness's subscription_created")
+    created = [e for e in listener.get(keys.events) if e["event_type"] == "subscription_created"]
+    assert [e["instrument_token"] for e in created] == [witness]  # nothing else was created

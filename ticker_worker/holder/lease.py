@@ -157,7 +157,11 @@ class LeaseKeeper:
             key = self.keys.holder_alive(self.id)
             try:
                 asked = time.monotonic()
-                await self.redis.set(key, self.role, px=int(self.ttl * 1000))
+                # Claim `active` only on a lease fresh by our own clock: a process resumed after a
+                # pause must not announce a role it may have lost meanwhile.
+                fresh = self.epoch is not None and asked - self.renewed_at < self.ttl
+                await self.redis.set(key, "active" if fresh else "standby",
+                                     px=int(self.ttl * 1000))
                 others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
                           if k.decode() != key]
                 self.others_alive, self.looked_at = bool(others), asked

@@ -35,7 +35,7 @@ from tests.reliability.conftest import (
     streaming_once,
 )
 from ticker_worker import commands
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.db.instruments import COLUMNS
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import pytest
 from kiteconnect import KiteConnect
 
 from tests.sim.conftest import ThreadedSim
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import decode_frame
 from ticker_worker.sim.accounts import Account
 from ticker_worker.sim.clock import MarketClock

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install services chromium up test lint bench
+.PHONY: install services chromium up test lint bench soak
 
 install: $(VENV)/.installed
 
@@ -33,3 +33,8 @@ test: install services chromium lint
 
 bench: install services
 	$(BIN)/python -m benchmarks
+
+# A trading day in miniature, not in CI: `make soak MINUTES=2` for a short check.
+MINUTES ?= 30
+soak: install services
+	$(BIN)/python -m benchmarks.soak --minutes $(MINUTES)

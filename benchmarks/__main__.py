@@ -15,7 +15,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = [
     ("tick decode + publish vs the official parser", ["-m", "benchmarks.bench_ticks"]),
-    ("holder: latency, disruption, bulk, memory", ["-m", "benchmarks.bench_holder"]),
+    ("where the C encoder runs: loop, thread with or without the GIL",
+     ["-m", "benchmarks.bench_decode"]),
+    ("holder: event latency, disruption, bulk x3, memory",
+     ["-m", "benchmarks.bench_holder", "--skip-baseline"]),
+    ("subscribe -> first tick, ours and the full-reload baseline, 1 s and 0.1 s",
+     ["-m", "benchmarks.bench_e2e", "first-tick", "--samples", "60"]),
+    ("latency the holder adds to a tick, 9,000 and 27,000 streaming",
+     ["-m", "benchmarks.bench_e2e", "added", "--streaming", "9000", "27000"]),
+    ("the ceiling: 27,000 instruments at shorter and shorter intervals",
+     ["-m", "benchmarks.bench_e2e", "ceiling", "--streaming", "27000", "--runs", "3"]),
     ("backfill: request rate and candle upserts", ["benchmarks/bench_backfill.py"]),
     ("simulator throughput", ["benchmarks/bench_sim.py"]),
     ("failover: kill -9, SIGTERM hand-over, standby cost", ["-m", "benchmarks.bench_failover"]),

@@ -130,6 +130,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--skip-bulk", action="store_true")
     parser.add_argument("--streaming", type=int, default=9_000, help="instruments already streaming")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--bulk-runs", type=int, default=3, help="runs of the 27,000 bulk")
     args = parser.parse_args()
     ctx = prepare(args.quick, args.streaming)
     try:
@@ -141,7 +142,7 @@ def main() -> dict[str, Any]:
             results["latency"].append(base)
             results["latency_ratio_p50"] = base["p50_ms"] / ours["p50_ms"]
         if not args.skip_bulk:
-            results["bulk"] = bulk(ctx)
+            results["bulk"] = [bulk(ctx) for _ in range(args.bulk_runs)]
         report(results)
         return results
     finally:
@@ -162,10 +163,13 @@ def report(res: dict[str, Any]) -> None:
         print(f"ratio (baseline p50 / ours p50): {res['latency_ratio_p50']:.0f}x  "
               f"[target >= 100x; ours p50 <= 15 ms, p99 <= 60 ms]")
     if "bulk" in res:
-        b = res["bulk"]
-        print(f"\nbulk: {b['instruments']} instruments active in {b['seconds_to_active']:.2f} s "
-              f"[target <= 5 s]; holder RSS {b['holder_rss_mb']:.0f} MB with {b['streaming']} "
-              f"streaming [target <= 200 MB]")
+        runs = res["bulk"]
+        seconds = [b["seconds_to_active"] for b in runs]
+        rss = [b["holder_rss_mb"] for b in runs]
+        print(f"\nbulk: {runs[0]['instruments']} instruments active in {h.spread(seconds, '{:.2f}')} s"
+              f" (median [min-max] of {len(runs)} runs) [target <= 5 s at the worst run]; holder "
+              f"RSS {h.spread(rss, '{:.0f}')} MB with {min(b['streaming'] for b in runs)} streaming "
+              f"[target <= 150 MB]")
 
 
 if __name__ == "__main__":

@@ -61,12 +61,16 @@ def test_subscribe_event_ticks_mode_and_unsubscribe(
     assert event["mode"] == "full" and event["account"] == "acct1" and event["connection"] == 0
     assert event["metadata"]["tradingsymbol"] == "NIFTY 50"
     assert event["metadata"]["requested_mode"] == "full" and event["event_id"]
-    wait_for(lambda: ticks_for(listener, keys, 256265), what="ticks for 256265")
-    tick = ticks_for(listener, keys, 256265)[-1]
-    assert tick["mode"] == "full" and tick["tradable"] is False and tick["is_mock"] is True
+    # Like Kite, the simulator answers the subscribe with a quote packet (the default mode) and
+    # the `mode` message with a full one: the full ticks follow at once.
+    full = wait_for(lambda: [t for t in ticks_for(listener, keys, 256265) if t["mode"] == "full"],
+                    what="full ticks for 256265")
+    tick = full[-1]  # type: ignore[index]
+    assert tick["tradable"] is False and tick["is_mock"] is True
     assert tick["exchange_timestamp"].endswith("+05:30")
     wait_for(lambda: sub_rows(engine)[256265].first_tick_at is not None, what="first_tick_at")
-    assert redis_client.llen("backfill") >= 1  # a backfill task was enqueued on its queue
+    # The relay enqueues the backfill right after publishing the event (no worker consumes it).
+    wait_for(lambda: redis_client.llen("backfill") >= 1, what="a backfill on its queue")
 
     client.send_task("ticker_worker.set_mode", args=[256265, "ltp"]).get(timeout=30)
     listener.clear()
@@ -92,8 +96,9 @@ def test_four_small_accounts_stay_balanced(
     wait_status(engine, stocks[:20], "active")
     per_account = Counter(r.account for r in sub_rows(engine).values())
     assert sorted(per_account.values()) == [5, 5, 5, 5]
-    where = placement(sim)
-    assert all(where[t] == 1 for t in stocks[:20])
+    # `active` is written once the subscribe is on the wire; the simulator may read it later.
+    wait_for(lambda: all(placement(sim)[t] == 1 for t in stocks[:20]), 20,
+             "each instrument on exactly one simulator connection")
     lists = sim.token_lists()
     assert all(len(conns) <= 2 and all(len(c) <= 5 for c in conns) for conns in lists.values())
     wait_for(lambda: holder.health()["status"] == "healthy", what="a healthy holder")
@@ -195,4 +200,11 @@ def test_killed_holder_restores_every_subscription_without_duplicates(
     start_holder(max_tokens_per_connection=4)
     wait_for(lambda: all(placement(sim)[t] == 1 for t in tokens), 30, "every token back once")
     assert {t: (r.account, r.connection) for t, r in sub_rows(engine).items()} == before
-    assert listener.get(keys.events) == []  # nothing new was created
+    # Barrier: a witness subscribed now gets its event, so any event about the restored
+    # instruments would have come before it.
+    witness = stocks[12]
+    commands.subscribe(engine, witness, "quote")
+    wait_for(lambda: events_for(listener, keys, witness, "subscription_created"), 30,
+             "the witness's subscription_created")
+    created = [e for e in listener.get(keys.events) if e["event_type"] == "subscription_created"]
+    assert [e["instrument_token"] for e in created] == [witness]  # nothing else was created

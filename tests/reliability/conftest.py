@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TABLES, insert_instruments
+from tests.conftest import TABLES, _fail_or_skip, insert_instruments
 from tests.e2e.stack import Holder, Listener, Sim, holder_env
 from tests.procs import VENV_BIN, Proc, wait_for
 from tests.reliability.brokers import broker  # noqa: F401 - fixture: the test's broker
@@ -91,8 +91,8 @@ def rdb_url(settings: Any) -> Iterator[str]:
     rendered = url.render_as_string(hide_password=False)
     try:
         _recreate(rendered)
-    except Exception as exc:
-        pytest.skip(f"Postgres unreachable at {url.host}:{url.port}: {exc}")
+    except Exception as exc:  # under CI=true this fails the run, like the rest of the suite
+        _fail_or_skip(f"Postgres unreachable at {url.host}:{url.port}: {exc}")
     migrate.upgrade(rendered)
     yield rendered
     with contextlib.suppress(Exception):

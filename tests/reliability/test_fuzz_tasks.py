@@ -39,7 +39,7 @@ ARITY = object()  # the culprit of a wrong argument list: the message must say s
 class Items(list):  # type: ignore[type-arg]
     """The culprit of a subscribe_many call whose list holds nothing valid."""
 DOMAIN_ERRORS = {"InvalidRequest", "InvalidToken", "InvalidMode", "UnknownInstrument",
-                 "InstrumentExpired", "InvalidInterval", "InvalidDays"}
+                 "InstrumentExpired", "InvalidInterval", "InvalidDays", "InvalidWindow"}
 FUZZ = settings(max_examples=60, deadline=None, database=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))
 
@@ -126,6 +126,13 @@ def is_mode(v: Any) -> bool:
 
 def is_interval(v: Any) -> bool:
     return isinstance(v, str) and v.strip().lower() in INTERVALS
+
+
+def is_instant(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and dt.datetime.fromisoformat(v).utcoffset() is not None
+    except ValueError:
+        return False
 
 
 def is_days(v: Any) -> bool:
@@ -294,6 +301,10 @@ def test_fuzz_backfill(fuzz: Fuzz) -> None:
     known = fuzz.registry
     junk_intervals = anything.filter(lambda v: v is not None and not is_interval(v))
     junk_days = anything.filter(lambda v: v is not None and not is_days(v))
+    # A gap window's bounds: anything but an ISO-8601 instant with an offset (None: no window).
+    junk_instants = st.one_of(anything.filter(lambda v: v is not None and not is_instant(v)),
+                              st.sampled_from(["2025-03-07T10:00:00", "2025-03-07", "yesterday",
+                                               "10:00+05:30"]))
 
     @FUZZ
     @given(st.one_of(
@@ -301,6 +312,10 @@ def test_fuzz_backfill(fuzz: Fuzz) -> None:
         st.tuples(st.sampled_from(known), junk_intervals).map(lambda x: ([x[0], x[1]], {}, x[1])),
         st.tuples(st.sampled_from(known), junk_days).map(
             lambda x: ([x[0]], {"interval": "day", "days": x[1]}, x[1])),
+        st.tuples(st.sampled_from(known), junk_instants).map(
+            lambda x: ([x[0]], {"start": x[1]}, x[1])),
+        st.tuples(st.sampled_from(known), junk_instants).map(
+            lambda x: ([x[0]], {"start": "2025-03-07T10:00:00+05:30", "end": x[1]}, x[1])),
         wrong_arity(known, ("instrument_token", "interval", "days")),
     ))
     def check(call: tuple[list[Any], dict[str, Any], Any]) -> None:

@@ -106,6 +106,7 @@ def test_holder_killed_mid_bulk_subscribe(
     print(f"kill {'in' if landed else 'after'} state {moment!r}: "
           f"{sum(r.status == 'active' for r in at_kill.values())} active, "
           f"{len(box)} outbox rows, {sum(r.published_at is None for r in box)} unpublished")
+    assert landed, f"the kill missed the moment {moment!r}: this run did not test it"
     assert set(at_kill) == {*tokens, *warm}  # desired state committed before the crash
     tokens = [*tokens, *warm]
 

@@ -14,7 +14,6 @@ after `accounts.set_token` the account takes new instruments again.
 from __future__ import annotations
 
 import itertools
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -41,11 +40,21 @@ pytestmark = pytest.mark.e2e
 
 
 def sequences(listener: Listener) -> dict[int, list[dict[str, Any]]]:
+    """Each token's ticks in order; a repeat of the same step (the simulator answers a
+    resubscribe with the current packet) is not a new tick."""
     by_token: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for frame in listener.get(KEYS.ticks):
         for tick in frame:
-            by_token[tick["instrument_token"]].append(tick)
+            seq = by_token[tick["instrument_token"]]
+            if not seq or seq[-1]["volume_traded"] != tick["volume_traded"]:
+                seq.append(tick)
     return by_token
+
+
+def every_one_ticked(listener: Listener, tokens: list[int], times: int = 2) -> None:
+    """The barrier before a fault: every instrument has ticks on record since the clear."""
+    wait_for(lambda: all(tick_count(listener, t) >= times for t in tokens), 30,
+             f"{times} ticks of every instrument")
 
 
 def gaps(listener: Listener, tokens: list[int]) -> dict[int, list[tuple[int, int, int]]]:
@@ -109,7 +118,7 @@ def test_dropped_socket_reconnects_alone_and_others_see_no_gap(
     rows_before = {t: (r.account, r.connection, r.mode) for t, r in rows(db).items()}
     ids_before = socket_ids(sim)
     listener.clear()
-    time.sleep(1.0)
+    every_one_ticked(listener, tokens)
 
     assert sim.fault("drop", "key1")["dropped"] == 1
     wait_for(lambda: reconnects(holder)["acct1"] >= 1, 20, "acct1 to reconnect")
@@ -140,7 +149,7 @@ def test_muted_socket_is_replaced_alone_and_others_see_no_gap(
     rows_before = {t: (r.account, r.connection, r.mode) for t, r in rows(db).items()}
     ids_before = socket_ids(sim)
     listener.clear()
-    time.sleep(1.0)
+    every_one_ticked(listener, tokens)
 
     sim.fault("mute", "key2")
     # Long enough for the watchdog to give up on the silent socket more than once.
@@ -174,7 +183,7 @@ def test_expired_token_moves_instruments_and_set_token_brings_the_account_back(
     holder, listener, tokens, placed = three_accounts
     sim = stack.sim
     listener.clear()
-    time.sleep(1.0)
+    every_one_ticked(listener, tokens)
 
     sim.fault("expire", "key1")
     wait_for(lambda: not by_account(db, tokens).get("acct1"), 30,

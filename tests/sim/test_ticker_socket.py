@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -107,6 +106,21 @@ def test_bad_messages_get_a_text_error_and_the_socket_stays_open(
     assert [t["instrument_token"] for t in run(fresh_sim, body)] == [408065]
 
 
+async def frames_seen(ws: WS, count: int) -> None:
+    """Wait for `count` tick frames on a socket (a barrier: the simulator's clock moved)."""
+    seen = 0
+    while seen < count:
+        seen += len(await next_message(ws, aiohttp.WSMsgType.BINARY)) > 1
+
+
+async def buffered(ws: WS) -> aiohttp.WSMessage | None:
+    """A message that has already arrived, or None (the short wait only lets the reader run)."""
+    try:
+        return await asyncio.wait_for(ws.receive(), 0.05)
+    except TimeoutError:
+        return None
+
+
 def test_heartbeats_flow_without_subscriptions_and_stop_when_muted(
     fresh_sim: ThreadedSim,
 ) -> None:
@@ -116,11 +130,15 @@ def test_heartbeats_flow_without_subscriptions_and_stop_when_muted(
             await ws.send_str(json.dumps({"a": "subscribe", "v": [5633]}))
             await next_message(ws, aiohttp.WSMsgType.BINARY)
             await asyncio.to_thread(fresh_sim.call, "POST", "/_sim/mute?api_key=quiet")
-            with contextlib.suppress(TimeoutError):  # drain what was on the wire already
-                while True:
-                    await asyncio.wait_for(ws.receive(), 0.3)
-            with pytest.raises(TimeoutError):  # 1.2 s: over 2 heartbeats and 10 ticks
-                await asyncio.wait_for(ws.receive(), 1.2)
+            async with session.ws_connect(url(base, "witness")) as witness:
+                await witness.send_str(json.dumps({"a": "subscribe", "v": [5633]}))
+                # Barrier: 8 steps (0.8 s, over a heartbeat interval) seen on the witness, so
+                # whatever the muted socket had on the wire before the mute has arrived.
+                await frames_seen(witness, 8)
+                while await buffered(ws) is not None:
+                    pass
+                await frames_seen(witness, 12)  # 1.2 s more: over 2 heartbeats and 10 steps
+                assert await buffered(ws) is None  # the muted socket sent nothing at all
             await asyncio.to_thread(fresh_sim.call, "POST", "/_sim/restore?api_key=quiet")
             ticks = decode_frame(await next_message(ws, aiohttp.WSMsgType.BINARY))
             assert ticks[0]["instrument_token"] == 5633

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.unit.fake_links import Entry, FakeKite, FakeLink
@@ -20,8 +21,16 @@ from ticker_worker.core.reconcile import Plan
 from ticker_worker.holder.core import HolderCore
 from ticker_worker.kite.codec import frame_tokens
 
-__all__ = ["Asks", "Entry", "FakeKite", "FakeLink", "FakePublisher", "FakeStore", "FakeTicks",
-           "Harness", "ManualClock", "Row", "run_until_idle"]
+__all__ = ["REFUSAL", "Asks", "Entry", "FakeKite", "FakeLink", "FakePublisher", "FakeStore", "FakeTicks",
+           "Harness", "ManualClock", "Row", "iso", "run_until_idle"]
+
+
+REFUSAL = "Maximum number of instruments per connection exceeded"  # a Kite error frame's text
+
+
+def iso(seconds: float) -> str:
+    """Wall-clock seconds as events write them."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()
 
 
 class ManualClock:
@@ -158,6 +167,12 @@ class Harness:
     async def idle(self) -> list[Plan]:
         """The pass the core asked for (a nudge pass when it asked for none), until idle."""
         return await run_until_idle(self.core, full=bool(self.asks.take()))
+
+    async def stream(self, *tokens: int) -> None:
+        """Subscribe `tokens`, place them, and let each tick once (acknowledged)."""
+        self.db.subscribe(*tokens)
+        await self.nudge(*tokens)
+        await self.tick_all()
 
     async def tick_all(self) -> None:
         """Every connected link ticks everything Kite holds on it."""

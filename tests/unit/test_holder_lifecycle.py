@@ -5,26 +5,16 @@ from it (a retry repeats the id, a second transition never does).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.unit.holder_fakes import Harness
+from tests.unit.holder_fakes import Harness, iso
 from ticker_worker.core.events import EventType, event_id
 
 EXPIRED = "contract expired on 2025-12-30"
 
 
-def iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat()
-
-
-async def start(h: Harness, *tokens: int) -> None:
-    """Subscribe `tokens`, place them, and let them tick once (acknowledged)."""
-    h.db.subscribe(*tokens)
-    await h.nudge(*tokens)
-    await h.tick_all()
 
 
 def gaps(h: Harness) -> dict[int, dict[str, Any]]:
@@ -44,7 +34,7 @@ def announced(h: Harness) -> list[tuple[str, int, int, str | None]]:
 
 async def test_a_drop_opens_one_gap_per_instrument_closed_by_the_first_tick_after() -> None:
     h = Harness()
-    await start(h, 1, 2, 3)
+    await h.stream(1, 2, 3)
     only_3 = h.clock.time()
     h.clock.advance(1.0)
     await h.link().tick([1, 2])
@@ -76,7 +66,7 @@ async def test_a_drop_opens_one_gap_per_instrument_closed_by_the_first_tick_afte
 
 async def test_a_second_drop_is_a_second_gap_with_its_own_id() -> None:
     h = Harness()
-    await start(h, 1)
+    await h.stream(1)
     ids = []
     for _ in range(2):
         h.clock.advance(1.0)
@@ -91,7 +81,7 @@ async def test_a_second_drop_is_a_second_gap_with_its_own_id() -> None:
 
 async def test_an_unsubscribe_while_a_gap_is_open_closes_it_at_that_moment() -> None:
     h = Harness()
-    await start(h, 1, 2, 3)
+    await h.stream(1, 2, 3)
     h.link().drop("dropped")
     h.clock.advance(2.0)
     left_at = h.clock.time()
@@ -108,7 +98,7 @@ async def test_an_unsubscribe_while_a_gap_is_open_closes_it_at_that_moment() -> 
 
 async def test_resume_opens_gaps_for_rows_already_active() -> None:
     first = Harness()
-    await start(first, 1, 2)
+    await first.stream(1, 2)
     first.clock.advance(1.0)
     await first.tick_all()
     first.db.record_ticks(first.ticks.last_tick)
@@ -132,7 +122,7 @@ async def test_resume_opens_gaps_for_rows_already_active() -> None:
 
 async def test_created_removed_and_created_again_carry_each_generation() -> None:
     h = Harness()
-    await start(h, 1)
+    await h.stream(1)
     [created] = h.publisher.events
     assert created["event_id"] == event_id(1, 1, EventType.CREATED, 1)
     assert (created["account"], created["connection"]) == ("a", 0)
@@ -152,7 +142,7 @@ async def test_created_removed_and_created_again_carry_each_generation() -> None
 
 async def test_losing_its_place_queues_and_placing_it_again_creates_anew() -> None:
     h = Harness(per_conn=2, max_conns=1, accounts=("a", "b"))
-    await start(h, 1, 2, 3, 4)  # a: 1, 3; b: 2, 4; both full
+    await h.stream(1, 2, 3, 4)  # a: 1, 3; b: 2, 4; both full
     h.db.set_health("a", False, "token expired")
     await h.full()
     assert h.db.by_status("queued") == [1, 3] and h.link("a").wire == {}
@@ -171,7 +161,7 @@ async def test_losing_its_place_queues_and_placing_it_again_creates_anew() -> No
 
 async def test_unsubscribing_active_and_queued_rows_announces_removed() -> None:
     h = Harness(per_conn=2, max_conns=1)
-    await start(h, 1, 2)
+    await h.stream(1, 2)
     h.db.subscribe(3)
     await h.nudge(3)
     assert h.row(3).status == "queued"
@@ -185,7 +175,7 @@ async def test_unsubscribing_active_and_queued_rows_announces_removed() -> None:
 
 async def test_an_expired_instrument_fails_with_its_reason_and_frees_its_place() -> None:
     h = Harness(per_conn=2, max_conns=1)
-    await start(h, 1, 2)
+    await h.stream(1, 2)
     h.db.subscribe(3)
     await h.nudge(3)
     h.db.expire(1, EXPIRED)
@@ -225,13 +215,13 @@ async def test_a_retried_record_repeats_every_event_id() -> None:
 
 async def test_a_gap_ends_when_its_instrument_loses_its_place_however_it_lost_it() -> None:
     h = Harness()  # a connection refused at the handshake, no other account: queued
-    await start(h, 1)
+    await h.stream(1)
     h.clock.advance(1.0)
     h.link().reject_auth()
     await h.idle()
     assert h.row(1).status == "queued" and gaps(h)[1]["gap_end"] == iso(h.clock.time())
     first = Harness()  # a new holder finds no room for what the last one streamed: queued
-    await start(first, 2, 3)
+    await first.stream(2, 3)
     first.db.set_health("a", False)
     h = Harness(store=first.db, clock=first.clock)
     assert await h.core.resume() == 2
@@ -245,7 +235,7 @@ async def test_a_gap_ends_when_its_instrument_loses_its_place_however_it_lost_it
 
 async def test_an_instrument_removed_while_queued_ends_its_gap() -> None:
     first = Harness(accounts=("a", "b"))
-    await start(first, 1)
+    await first.stream(1)
     first.db.set_health("a", False)
     first.db.set_health("b", False)
     h = Harness(store=first.db, clock=first.clock)
@@ -260,7 +250,7 @@ async def test_an_instrument_removed_while_queued_ends_its_gap() -> None:
 
 async def test_a_gap_whose_event_could_not_be_written_is_written_by_the_next_settle() -> None:
     h = Harness()
-    await start(h, 1)
+    await h.stream(1)
     h.link().drop()
     h.link().reconnect()
     await h.link().tick()
@@ -275,7 +265,7 @@ async def test_a_gap_whose_event_could_not_be_written_is_written_by_the_next_set
 
 async def test_a_holder_that_steps_down_and_back_reports_only_the_silence_since_the_other() -> None:
     a = Harness()
-    await start(a, 1, 2)
+    await a.stream(1, 2)
     a.db.subscribe(3)
     await a.nudge(3)  # 3 never ticks: awaiting after two timeouts
     for _ in range(2):
@@ -298,3 +288,18 @@ async def test_a_holder_that_steps_down_and_back_reports_only_the_silence_since_
     await a.tick_all()
     await a.core.settle()
     assert {g["gap_start"] for g in gaps(a).values()} == {iso(streamed_until)}
+
+
+async def test_room_freed_by_a_nudge_pass_places_a_queued_row_without_waiting_for_the_timer(
+) -> None:
+    h = Harness(per_conn=2)
+    await h.stream(1, 2)
+    h.db.subscribe(3)
+    await h.nudge(3)
+    assert h.row(3).status == "queued"
+    h.db.unsubscribe(1)
+    await h.nudge(1)  # the core itself asks for the full pass that reads the queued row
+    assert h.row(3).status == "active"
+    assert [e["event_type"] for e in h.publisher.events if e["instrument_token"] == 3] == [
+        "subscription_queued", "subscription_created"]
+    h.assert_streaming()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+import tracemalloc
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -97,3 +98,37 @@ def test_price_edges_for_every_divisor(segment: int, raw: int) -> None:
                     0, 0, 0, 0, 0, *([raw, raw, 3] * 10)),
     ])
     assert orjson.loads(encode_ticks(frame, False, IsoTimes())[0]) == official_as_json(frame, False)
+
+
+def test_a_frame_that_lies_about_its_count_reserves_nothing_big() -> None:
+    if ticks.frame_to_json is None:
+        pytest.skip("the C accelerator is not built (test_accelerator_is_built says why)")
+    ltp = struct.pack(">HII", 8, 408065, 123456)
+    tracemalloc.start()
+    try:
+        for frame in (b"\xff\xff", b"\xff\xff" + ltp, b"\xff\xff" + ltp * 100):
+            tracemalloc.reset_peak()
+            assert ticks.frame_to_json(frame, True) is None
+            # Before the fix the header alone reserved 65535 * 760 bytes (50 MB).
+            assert tracemalloc.get_traced_memory()[1] < 64 * 1024
+    finally:
+        tracemalloc.stop()
+
+
+def test_malformed_frames_are_counted_as_fallbacks_or_rejections() -> None:
+    counts = ticks.DecodeCounts()
+    ltp = struct.pack(">HII", 8, 408065, 123456)
+    encode_ticks(b"\x00", True, IsoTimes(), counts)  # a heartbeat is not malformed
+    assert orjson.loads(encode_ticks(b"\x00\x01" + ltp[:8], True, IsoTimes(), counts)[0]) == []
+    with pytest.raises(struct.error):
+        encode_ticks(b"\x00\x02" + ltp, True, IsoTimes(), counts)  # promises 2, holds 1
+    expected_fallbacks = 2 if ticks.frame_to_json is not None else 0
+    assert (counts.fallback, counts.rejected) == (expected_fallbacks, 1)
+
+
+def test_the_gil_free_and_the_gil_holding_encoders_agree() -> None:
+    if ticks.frame_to_json is None:
+        pytest.skip("the C accelerator is not built (test_accelerator_is_built says why)")
+    frame = codec.encode_frame([struct.pack(">11I", (i << 8) | 1, *range(i, i + 10))
+                                for i in range(1, 200)])
+    assert ticks.frame_to_json(frame, True, True) == ticks.frame_to_json(frame, True, False)

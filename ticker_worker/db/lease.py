@@ -55,8 +55,16 @@ FROM holders WHERE seen_at > now() - make_interval(secs => :within) ORDER BY sta
 """)
 
 
+_HELD = text(f"SELECT expires_at >= now() FROM holder_lease WHERE name = '{LEASE}'")
+
+
 def acquire(conn: Connection, holder_id: str, ttl: float) -> int | None:
-    """Take the lease if it is free or expired; the new epoch, or None when another holds it."""
+    """Take the lease if it is free or expired; the new epoch, or None when another holds it.
+
+    A plain read first: a standby looks five times a second, and the upsert would lock the lease
+    row each time (and make the active holder's fenced writes wait for it)."""
+    if conn.execute(_HELD).scalar():
+        return None
     row = conn.execute(_ACQUIRE, {"id": holder_id, "ttl": ttl}).first()
     return int(row.epoch) if row else None
 

@@ -57,6 +57,7 @@ class HolderCore:
         self.gaps = GapBook()
         self.awaiting: list[int] = []  # re-sent once and still without a first tick
         self.placing = False  # a bulk change is being placed slice by slice
+        self.has_queued = False  # rows wait as `queued` for room (known from the last passes)
         self.stood_down = False  # close() ran: a pass still in flight must open no socket
         self.reconciles = 0
         self.last_reconcile_at = 0.0
@@ -86,11 +87,23 @@ class HolderCore:
             if events:
                 await self.publisher.publish(events)
             self._log_plan(result)
+        self._place_queued_soon(result, desired, full)
         await self._retire_unusable()
         self.last_reconcile_at = self.clock.time()
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciles += 1
         return result
+
+    def _place_queued_soon(self, result: Plan, desired: list[Any], full: bool) -> None:
+        """A nudge's pass reads only the rows it names: when it frees room while rows wait as
+        `queued`, ask for a full pass now rather than at the timer."""
+        if full:
+            self.has_queued = bool(result.queued) or any(
+                d.wanted and d.status == "queued" and d.token not in self.actual for d in desired)
+        elif result.queued:
+            self.has_queued = True
+        elif self.has_queued and (result.unsubscribe or result.failed):
+            self.ask(True)
 
     def _slice(self, desired: list[Any], full: bool, tokens: set[int] | None) -> list[Any]:
         """At most PASS_LIMIT new rows per pass; the rest go to the next pass at once."""

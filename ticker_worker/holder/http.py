@@ -76,6 +76,15 @@ class HolderCollector(Collector):
                                 value=age if age is not None else float("nan"))
         yield GaugeMetricFamily("ticker_tick_queue", "Frames waiting to be published",
                                 value=ticker["queue"])
+        decoder = GaugeMetricFamily("ticker_tick_decoder", "1 for the tick encoder in use",
+                                    labels=["decoder"])
+        decoder.add_metric([ticker.get("decoder", "python")], 1.0)
+        yield decoder
+        yield CounterMetricFamily("ticker_frames_fallback",
+                                  "Malformed frames the C encoder passed to the Python path",
+                                  value=ticker.get("frames_fallback", 0))
+        yield CounterMetricFamily("ticker_frames_rejected", "Malformed frames dropped",
+                                  value=ticker.get("frames_rejected", 0))
         yield GaugeMetricFamily("ticker_outbox_backlog", "Events not yet delivered",
                                 value=doc["outbox_backlog"])
         subs = GaugeMetricFamily("ticker_subscriptions", "Subscriptions by status",

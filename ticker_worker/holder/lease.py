@@ -31,6 +31,7 @@ from ticker_worker.keys import RedisKeys
 
 log = logging.getLogger(__name__)
 STANDBY_PERIOD = 0.2  # seconds between a standby's looks at the lease
+ANNOUNCE_PERIOD = 1.0  # seconds between presence announcements (Redis and the registry)
 T = TypeVar("T")
 
 
@@ -49,6 +50,7 @@ class LeaseKeeper:
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
+        self._announced_at = 0.0
         self.looked_at = float("-inf")  # monotonic time others_alive was last read from Redis
         self._stuck: asyncio.Future[Any] | None = None  # a lease call that outlived its wait
 
@@ -83,7 +85,11 @@ class LeaseKeeper:
                     await self._renew()
             except Exception as exc:  # noqa: BLE001 - Postgres away: judged below
                 log.warning("lease check failed: %s", exc)
-            await self._announce()
+            if time.monotonic() - self._announced_at >= ANNOUNCE_PERIOD:
+                self._announced_at = time.monotonic()
+                with contextlib.suppress(Exception):  # reported by the lease check already
+                    await self._call(sql.seen, self.id, self.host, self.pid, self.role,
+                                     self.epoch)
             if self.epoch is not None and not self.may_publish():
                 await self.lost("lease not renewed in time and another holder is alive")
             await asyncio.sleep(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
@@ -145,19 +151,26 @@ class LeaseKeeper:
             call.add_done_callback(_retrieve)
             raise
 
-    async def _announce(self) -> None:
-        """Tell the others (Redis) and `status` (Postgres) that we are alive, in our role."""
-        key = self.keys.holder_alive(self.id)
-        try:
-            asked = time.monotonic()
-            await self.redis.set(key, self.role, px=int(self.ttl * 1000))
-            others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
-                      if k.decode() != key]
-            self.others_alive, self.looked_at = bool(others), asked
-        except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
-            pass
-        with contextlib.suppress(Exception):  # reported by the lease check already
-            await self._call(sql.seen, self.id, self.host, self.pid, self.role, self.epoch)
+    async def presence(self) -> None:
+        """Announce ourselves in Redis and look for the others, once a second, forever.
+
+        A loop of its own: a frozen Postgres slows the lease loop down, never this look, on
+        which `may_publish` relies."""
+        while True:
+            key = self.keys.holder_alive(self.id)
+            try:
+                asked = time.monotonic()
+                # Claim `active` only on a lease fresh by our own clock: a process resumed after a
+                # pause must not announce a role it may have lost meanwhile.
+                fresh = self.epoch is not None and asked - self.renewed_at < self.ttl
+                await self.redis.set(key, "active" if fresh else "standby",
+                                     px=int(self.ttl * 1000))
+                others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
+                          if k.decode() != key]
+                self.others_alive, self.looked_at = bool(others), asked
+            except Exception:  # noqa: BLE001 - no Redis: nobody can publish ticks anyway
+                pass
+            await asyncio.sleep(ANNOUNCE_PERIOD)
 
 
 def _retrieve(call: asyncio.Future[Any]) -> None:

@@ -128,7 +128,7 @@ class HolderApp:
     def _jobs(self) -> dict[str, Any]:
         s, core, lease = self.settings, self.core, self.lease
         jobs = {
-            "lease": lease.run(), "nudges": self.listener.run(),
+            "lease": lease.run(), "presence": lease.presence(), "nudges": self.listener.run(),
             "reconcile": Reconciler(core, self.listener, lease, s.reconcile_interval).run(),
             "settle": Settler(core, lease).run(), "relay": self.relay.run(),
             "ticks": self.ticks.run(), "stats": self.stats.run(),

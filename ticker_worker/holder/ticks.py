@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import decode_frame
 
 try:
@@ -26,7 +28,16 @@ except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_to_json = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-IST = timezone(timedelta(hours=5, minutes=30))
+#: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
+DECODER = "c" if frame_to_json is not None else "python"
+
+
+class DecodeCounts:
+    """Frames the C encoder handed to the Python path (malformed), and frames both refused."""
+
+    def __init__(self) -> None:
+        self.fallback = 0
+        self.rejected = 0
 
 
 class IsoTimes:
@@ -45,17 +56,27 @@ class IsoTimes:
         return value
 
 
-def encode_ticks(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
+def encode_ticks(
+    frame: bytes, is_mock: bool, times: IsoTimes, counts: DecodeCounts | None = None
+) -> tuple[bytes, list[int]]:
     """One frame -> (JSON array of ticks, tokens seen).
 
-    The C accelerator writes the JSON straight from the packets; a malformed frame, or an
-    install without a compiler, takes the pure-Python decoder (same ticks, 5-10x slower).
+    The C accelerator writes the JSON straight from the packets, without holding the GIL; a
+    malformed frame, or an install without a compiler, takes the pure-Python decoder (same
+    ticks, 5-10x slower), which raises `struct.error` where the official parser would.
     """
     if frame_to_json is not None:
         fast: tuple[bytes, list[int]] | None = frame_to_json(frame, is_mock)
         if fast is not None:
             return fast
-    return encode_ticks_python(frame, is_mock, times)
+        if counts is not None and len(frame) > 1:  # a heartbeat is not malformed
+            counts.fallback += 1
+    try:
+        return encode_ticks_python(frame, is_mock, times)
+    except struct.error:
+        if counts is not None:
+            counts.rejected += 1
+        raise
 
 
 def encode_ticks_python(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
@@ -88,6 +109,9 @@ class TickPipeline:
         # Set by the holder: False when this process may no longer publish (it lost its lease).
         self.gate: Callable[[], bool] = lambda: True
         self.fenced_frames = 0
+        self.decode = DecodeCounts()
+        log.info("tick encoder: %s", "C accelerator (ticker_worker.kite._tickjson)"
+                 if DECODER == "c" else "pure Python (the C accelerator is not built)")
 
     async def put(self, frame: bytes) -> None:
         """Queue a frame; waits when the publisher is behind."""
@@ -95,16 +119,20 @@ class TickPipeline:
 
     async def run(self) -> None:
         """Publish frames until cancelled."""
-        # Decoding a 3000-packet frame takes milliseconds: doing it on a thread of its own keeps
-        # the event loop free to serve a subscribe while a burst of ticks is decoded.
+        # Encoding a 3000-packet frame takes milliseconds. The C encoder releases the GIL while
+        # it writes, so on a thread of its own it leaves the event loop free to serve subscribes
+        # and /health meanwhile (benchmarks/bench_decode.py: the loop's lateness p50 drops from
+        # ~11 ms with the GIL held to ~0.1 ms).
         loop = asyncio.get_running_loop()
         with ThreadPoolExecutor(1, thread_name_prefix="tick-decode") as decoder:
             while True:
                 frame = await self.queue.get()
                 try:
                     body, tokens = await loop.run_in_executor(
-                        decoder, encode_ticks, frame, self.is_mock, self.times)
+                        decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)
                     await self._publish(body, tokens)
+                except struct.error as exc:  # counted in frames_rejected
+                    log.warning("malformed tick frame of %d bytes dropped: %s", len(frame), exc)
                 except Exception:  # one bad frame must not stop the stream
                     log.exception("tick frame dropped")
 
@@ -162,4 +190,6 @@ class TickPipeline:
     def stats(self) -> dict[str, Any]:
         """Counters for /health, /metrics and the state snapshot."""
         return {"ticks_total": self.ticks_total, "frames_total": self.frames_total,
-                "publish_failures": self.publish_failures, "queue": self.queue.qsize()}
+                "publish_failures": self.publish_failures, "queue": self.queue.qsize(),
+                "decoder": DECODER, "frames_fallback": self.decode.fallback,
+                "frames_rejected": self.decode.rejected}

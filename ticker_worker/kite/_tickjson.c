@@ -5,22 +5,34 @@
  * the same IEEE divisions the official client does, printed with Python's own repr, so every
  * number parses back to the identical float. Any malformed frame returns None and the caller
  * falls back to the pure-Python decoder, which reproduces the official client's behaviour.
+ *
+ * The frame comes from the network, so it is validated before anything is allocated, and memory
+ * grows with the packets actually present, never with the count the header claims. The JSON is
+ * built without the GIL (only plain C and PyMem_Raw* run in between), so the holder's event loop
+ * keeps running on the other core while a 3,000-packet frame is encoded.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+/* The output buffer, and a one-entry cache of the last time printed (a frame's packets share
+ * seconds); one per call, so concurrent calls without the GIL share nothing. */
 typedef struct {
     char *buf;
     size_t len, cap;
+    uint32_t time_epoch;
+    int time_len;
+    char time_text[40];
 } Out;
 
 static int out_reserve(Out *o, size_t extra) {
     if (o->len + extra <= o->cap) return 0;
     size_t cap = o->cap * 2 + extra;
-    char *buf = PyMem_Realloc(o->buf, cap);
+    char *buf = PyMem_RawRealloc(o->buf, cap);
     if (buf == NULL) return -1;
     o->buf = buf;
     o->cap = cap;
@@ -47,12 +59,22 @@ static int out_uint(Out *o, uint32_t v) {
 }
 
 static int out_double(Out *o, double v) {
-    /* Python's repr of a float: the shortest string that parses back to the same double. */
-    char *s = PyOS_double_to_string(v, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-    if (s == NULL) return -1;
-    int rc = out_str(o, s, strlen(s));
-    PyMem_Free(s);
-    return rc;
+    /* 15 significant digits when they parse back to the same double (every decimal of up to 15
+     * digits survives the round trip, so short values print as Python prints them), else 17,
+     * which always do. Skipping the 16-digit try keeps this at two formats at most; the value
+     * parsed back is identical either way. PyOS_double_to_string would need the GIL. snprintf
+     * and strtod follow LC_NUMERIC, which Python leaves at "C". A ".0" keeps integral values
+     * floats, as Python's repr does. */
+    char s[40];
+    int n = snprintf(s, sizeof s - 2, "%.15g", v);
+    if (n > 0 && n < (int)sizeof s - 2 && strtod(s, NULL) != v)
+        n = snprintf(s, sizeof s - 2, "%.17g", v);
+    if (n < 0 || n >= (int)sizeof s - 2) return -1;
+    if (strpbrk(s, ".eEni") == NULL) {
+        s[n++] = '.';
+        s[n++] = '0';
+    }
+    return out_str(o, s, (size_t)n);
 }
 
 /* A price is an integer over a power of ten (100, 10^4, 10^7 by segment). Its exact decimal
@@ -76,23 +98,20 @@ static int out_price(Out *o, uint32_t v, double div) {
     return out_str(o, frac, (size_t)n);
 }
 
-static uint32_t cached_epoch = 0;
-static char cached_time[40];
-static int cached_len = 0;
-
 static int out_time(Out *o, uint32_t epoch) {
-    /* datetime.fromtimestamp(epoch, IST).isoformat(); the packets of a frame share seconds.
-     * The GIL is held throughout, so the one-entry cache needs no lock. */
-    if (cached_len == 0 || epoch != cached_epoch) {
+    /* datetime.fromtimestamp(epoch, IST).isoformat(), cached per call in `o`. */
+    if (o->time_len == 0 || epoch != o->time_epoch) {
         time_t t = (time_t)epoch + 19800;
         struct tm tm;
         if (gmtime_r(&t, &tm) == NULL) return LIT(o, "null");
-        cached_len = snprintf(cached_time, sizeof cached_time,
-                              "\"%04d-%02d-%02dT%02d:%02d:%02d+05:30\"", tm.tm_year + 1900,
-                              tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        cached_epoch = epoch;
+        int n = snprintf(o->time_text, sizeof o->time_text,
+                         "\"%04d-%02d-%02dT%02d:%02d:%02d+05:30\"", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        if (n < 0 || n >= (int)sizeof o->time_text) return -1;
+        o->time_len = n;
+        o->time_epoch = epoch;
     }
-    return out_str(o, cached_time, (size_t)cached_len);
+    return out_str(o, o->time_text, (size_t)o->time_len);
 }
 
 static inline uint32_t u32(const unsigned char *p) {
@@ -201,58 +220,113 @@ static int packet(Out *o, const unsigned char *p, uint16_t len) {
     }
 }
 
+/* Typical JSON bytes per packet kind; the buffer grows past them when needed. */
+static size_t json_estimate(uint16_t len) {
+    switch (len) {
+        case 8: return 100;
+        case 28: case 32: return 260;
+        case 44: return 420;
+        default: return 760;
+    }
+}
+
+static int known_length(uint16_t len) {
+    return len == 8 || len == 28 || len == 32 || len == 44 || len == 184;
+}
+
+/* Check the frame's structure and count its decodable packets, touching only bytes inside the
+ * frame. Every packet takes at least 6 bytes, so a claimed count cannot make this loop (or any
+ * allocation) bigger than the frame. Returns -1 when malformed (the Python path decides). */
+static Py_ssize_t validate(const unsigned char *data, Py_ssize_t size, size_t *estimate) {
+    if (size < 2) return -1;
+    uint16_t count = u16(data);
+    Py_ssize_t pos = 2, known = 0;
+    *estimate = 2;
+    for (uint16_t i = 0; i < count; i++) {
+        if (pos + 2 > size) return -1;
+        uint16_t len = u16(data + pos);
+        pos += 2 + (Py_ssize_t)len;
+        if (pos > size || len < 4) return -1;
+        if (known_length(len)) {
+            known++;
+            *estimate += json_estimate(len);
+        }
+    }
+    return known;
+}
+
+/* Write the JSON array of a validated frame and its tokens. Plain C only: runs without the GIL. */
+static int encode(Out *o, uint32_t *tokens, const unsigned char *data, int is_mock) {
+    uint16_t count = u16(data);
+    Py_ssize_t pos = 2, written = 0;
+    if (LIT(o, "[") < 0) return -1;
+    for (uint16_t i = 0; i < count; i++) {
+        uint16_t len = u16(data + pos);
+        const unsigned char *p = data + pos + 2;
+        pos += 2 + (Py_ssize_t)len;
+        if (!known_length(len)) continue;
+        if (written && LIT(o, ",") < 0) return -1;
+        if (packet(o, p, len) < 0) return -1;
+        if (is_mock && LIT(o, ",\"is_mock\":true") < 0) return -1;
+        if (LIT(o, "}") < 0) return -1;
+        tokens[written++] = u32(p);
+    }
+    return LIT(o, "]");
+}
+
+static PyObject *result_of(const Out *o, const uint32_t *tokens, Py_ssize_t n) {
+    PyObject *list = PyList_New(n);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyLong_FromUnsignedLong(tokens[i]);
+        if (t == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, t);
+    }
+    PyObject *body = PyBytes_FromStringAndSize(o->buf, (Py_ssize_t)o->len);
+    PyObject *result = body == NULL ? NULL : PyTuple_Pack(2, body, list);
+    Py_XDECREF(body);
+    Py_DECREF(list);
+    return result;
+}
+
 static PyObject *frame_to_json(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer view;
-    int is_mock;
-    if (!PyArg_ParseTuple(args, "y*p", &view, &is_mock)) return NULL;
+    int is_mock, release_gil = 1;
+    if (!PyArg_ParseTuple(args, "y*p|p", &view, &is_mock, &release_gil)) return NULL;
     const unsigned char *data = view.buf;
-    Py_ssize_t size = view.len;
-    PyObject *tokens = NULL, *result = NULL;
-    Out o = {NULL, 0, 0};
-    if (size < 2) goto fallback;
-    uint16_t count = u16(data);
-    tokens = PyList_New(0);
-    if (tokens == NULL || out_reserve(&o, (size_t)count * 760 + 2) < 0) goto error;
-    LIT(&o, "[");
-    Py_ssize_t pos = 2;
-    int written = 0;
-    for (uint16_t i = 0; i < count; i++) {
-        if (pos + 2 > size) goto fallback;
-        uint16_t len = u16(data + pos);
-        const unsigned char *p = data + pos + 2;
-        pos += 2 + len;
-        if (pos > size || len < 4) goto fallback; /* malformed: the Python path decides */
-        if (len != 8 && len != 28 && len != 32 && len != 44 && len != 184) continue;
-        if (written++ && LIT(&o, ",") < 0) goto error;
-        if (packet(&o, p, len) < 0) goto error;
-        if (is_mock && LIT(&o, ",\"is_mock\":true") < 0) goto error;
-        if (LIT(&o, "}") < 0) goto error;
-        PyObject *t = PyLong_FromUnsignedLong(u32(p));
-        if (t == NULL || PyList_Append(tokens, t) < 0) { Py_XDECREF(t); goto error; }
-        Py_DECREF(t);
+    Out o;
+    memset(&o, 0, sizeof o);
+    uint32_t *tokens = NULL;
+    size_t estimate = 0;
+    int rc = 0;
+    PyThreadState *state = release_gil ? PyEval_SaveThread() : NULL;
+    Py_ssize_t n = validate(data, view.len, &estimate);
+    if (n >= 0) {
+        tokens = PyMem_RawMalloc(sizeof(uint32_t) * (size_t)(n ? n : 1));
+        rc = tokens == NULL || out_reserve(&o, estimate) < 0 ? -1 : encode(&o, tokens, data, is_mock);
     }
-    if (LIT(&o, "]") < 0) goto error;
-    PyObject *body = PyBytes_FromStringAndSize(o.buf, (Py_ssize_t)o.len);
-    if (body == NULL) goto error;
-    result = PyTuple_Pack(2, body, tokens);
-    Py_DECREF(body);
-    goto done;
-fallback:
-    result = Py_NewRef(Py_None);
-    goto done;
-error:
-    if (!PyErr_Occurred()) PyErr_NoMemory();
-done:
-    Py_XDECREF(tokens);
-    PyMem_Free(o.buf);
+    if (state != NULL) PyEval_RestoreThread(state);
+    PyObject *result;
+    if (n < 0)
+        result = Py_NewRef(Py_None);
+    else if (rc < 0)
+        result = PyErr_NoMemory();
+    else
+        result = result_of(&o, tokens, n);
+    PyMem_RawFree(tokens);
+    PyMem_RawFree(o.buf);
     PyBuffer_Release(&view);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"frame_to_json", frame_to_json, METH_VARARGS,
-     "frame_to_json(frame: bytes, is_mock: bool) -> (json_bytes, tokens) or None when malformed."},
+     "frame_to_json(frame: bytes, is_mock: bool, release_gil: bool = True)\n"
+     "-> (json_bytes, tokens), or None when the frame is malformed."},
     {NULL, NULL, 0, NULL},
 };
 

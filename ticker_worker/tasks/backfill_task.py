@@ -12,7 +12,7 @@ from ticker_worker import backfill as service
 from ticker_worker.bootstrap import runtime
 from ticker_worker.celery import app
 from ticker_worker.errors import HistoricalAccessDenied, InvalidRequest, NoHealthyAccount
-from ticker_worker.tasks.commands import RETRYABLE
+from ticker_worker.tasks.command_tasks import RETRYABLE
 
 # Kite answers 429 with NetworkException; DataException is a bad gateway reply; the client lets
 # requests' connection errors through unwrapped. All pass, so each retries with backoff.
@@ -41,12 +41,13 @@ class BackfillTask(Task):  # type: ignore[misc]
 
 @app.task(name="ticker_worker.backfill", base=BackfillTask, bind=True)
 def backfill(
-    self: Task, instrument_token: Any, interval: Any = None, days: Any = None,
+    self: Task, instrument_token: Any, interval: Any = None, days: Any = None, *,
     start: Any = None, end: Any = None,
 ) -> dict[str, object]:
     """Fetch and store the candles missing for one instrument, or of one gap window.
 
-    Idempotent: a second delivery of the same task id calls Kite no more.
+    Idempotent: a second delivery of the same task id calls Kite no more. The window is
+    keyword-only (`kwargs={"start": ..., "end": ...}`), so a misplaced positional is refused.
     """
     return service.run(runtime(), instrument_token, interval, days, task_id=self.request.id,
                        start=start, end=end)

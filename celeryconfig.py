@@ -97,4 +97,4 @@ result_expires = 86400
 worker_hijack_root_logger = False
 worker_redirect_stdouts = False
 
-imports = ("ticker_worker.tasks.commands", "ticker_worker.tasks.backfill")
+imports = ("ticker_worker.tasks.command_tasks", "ticker_worker.tasks.backfill_task")

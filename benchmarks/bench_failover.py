@@ -18,9 +18,11 @@ Run: `.venv/bin/python -m benchmarks.bench_failover [--trials 5] [--instruments 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -100,7 +102,9 @@ def trial(engine: Engine, clock: TickClock, tokens: list[int], active: tuple[h.P
     h.wait_for(lambda: clock.ticked_since(taken, tokens), 120, "every instrument ticking again")
     firsts, silence = clock.first_after(taken, tokens), clock.longest_silence()
     clock.keep_arrivals(False)
-    active[0].popen.wait(30)
+    # A stopped holder may still be enqueueing its last 9,000 gap backfills before it exits.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        active[0].popen.wait(120)
     return {"seconds": max(firsts.values()) - sent, "takeover": taken - sent,
             "longest_silence": silence}
 
@@ -142,7 +146,7 @@ def ready(clock: TickClock, tokens: list[int], standby: tuple[h.Proc, int]) -> N
     h.wait_for(lambda: role(standby[1]) == "standby", 60, "the standby ready")
 
 
-def run(trials: int, n: int) -> dict[str, Any]:
+def run(trials: int, n: int, kills: int) -> dict[str, Any]:
     engine = fresh_database()
     server = RedisServer()
     server.start()
@@ -160,7 +164,7 @@ def run(trials: int, n: int) -> dict[str, Any]:
         standby = holders.start()
         results: dict[str, Any] = {"instruments": n, "kill": [], "sigterm": [],
                                    "load_before": os.getloadavg()}
-        plan = [("kill", signal.SIGKILL)] * trials + [("sigterm", signal.SIGTERM)] * trials
+        plan = [("kill", signal.SIGKILL)] * kills + [("sigterm", signal.SIGTERM)] * trials
         for kind, sig in plan:
             ready(clock, tokens, standby)
             results[kind].append(trial(engine, clock, tokens, active, sig))
@@ -185,6 +189,8 @@ def report(res: dict[str, Any]) -> None:
           f"{'longest silence':>16}  target")
     for kind, target in (("kill", "p50 <= 5 s"), ("sigterm", "< 1 s")):
         rows = res[kind]
+        if not rows:
+            continue
         secs = [r["seconds"] for r in rows]
         print(f"{kind:<8} {len(rows):>3} {statistics.median(secs):>7.2f} {max(secs):>7.2f} "
               f"{statistics.median(r['takeover'] for r in rows):>12.2f}s "
@@ -199,8 +205,9 @@ def main() -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--instruments", type=int, default=9_000)
+    parser.add_argument("--skip-kill", action="store_true", help="SIGTERM trials only")
     args = parser.parse_args()
-    res = run(args.trials, args.instruments)
+    res = run(args.trials, args.instruments, 0 if args.skip_kill else args.trials)
     report(res)
     return res
 

@@ -20,7 +20,7 @@ from tests.e2e import morning
 from tests.e2e.stack import Holder, Listener, Sim, holder_env, sub_rows, wait_status
 from tests.procs import wait_for
 from ticker_worker import commands
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.db import accounts
 from ticker_worker.keys import RedisKeys
 

@@ -38,7 +38,7 @@ from ticker_worker.errors import (
 from ticker_worker.keys import RedisKeys
 from ticker_worker.kite import rest
 from ticker_worker.ratelimit import HistoricalLimiter, historical_limiter
-from ticker_worker.tasks.backfill import BackfillTask
+from ticker_worker.tasks.backfill_task import BackfillTask
 
 NIFTY, INFY = 256265, 408065
 FRIDAY = datetime(2025, 3, 7, 10, 30, tzinfo=UTC)  # 16:00 IST, after the close

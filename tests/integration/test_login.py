@@ -23,7 +23,7 @@ from sqlalchemy import Engine, text
 
 from tests.procs import VENV_BIN, Proc, free_port, wait_for
 from tests.sim.conftest import ThreadedSim
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.sim.server import SimConfig
 
 KEY, SECRET = "morning-app", "the-app-secret-1234"

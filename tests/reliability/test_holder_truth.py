@@ -35,7 +35,7 @@ from tests.reliability.conftest import (
     streaming_once,
 )
 from ticker_worker import commands
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.db.instruments import COLUMNS
 
 pytestmark = pytest.mark.e2e
@@ -59,18 +59,26 @@ def events(listener: Any, kind: str) -> list[dict[str, Any]]:
     return [e for e in listener.get(KEYS.events) if e["event_type"] == kind]
 
 
+def three_thousand(stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
+                   spare: int, **holder: object) -> tuple[list[int], list[int], Any]:
+    """One account streaming 3,000 instruments (a full connection); `spare` more in the
+    registry. Returns (streaming, spare tokens, a listener of events and ticks)."""
+    stack.sim.call("POST", "/_sim/reset")
+    tokens = registry(db, universe, 3000 + spare)
+    add_accounts(db, 1)
+    stack.holder(**holder)
+    listener = stack.listen(rredis)
+    commands.subscribe_many(db, tokens[:3000], "quote")
+    wait_for(lambda: all_active(db, tokens[:3000]), 60, "3,000 instruments active")
+    return tokens[:3000], tokens[3000:], listener
+
+
 def test_swaps_on_a_full_connection_keep_every_active_instrument_ticking(
     stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
 ) -> None:
     sim = stack.sim
-    sim.call("POST", "/_sim/reset")
-    tokens = registry(db, universe, 3080)
-    streaming, spare = tokens[:3000], tokens[3000:]
-    add_accounts(db, 1)
-    stack.holder(max_connections_per_account=1)
-    listener = stack.listen(rredis)
-    commands.subscribe_many(db, streaming, "quote")
-    wait_for(lambda: all_active(db, streaming), 60, "3,000 instruments active")
+    streaming, spare, listener = three_thousand(stack, db, universe, rredis, 80,
+                                                max_connections_per_account=1)
     wait_for(lambda: sim.stats()["high_water"] == 3000, 30, "3,000 tokens on the connection")
 
     swapped_in: list[int] = []
@@ -222,14 +230,7 @@ def test_gap_backfills_of_a_3000_drop_never_delay_a_new_subscriptions_backfill(
     stack: Stack, db: Engine, universe: list[dict[str, Any]], rredis: redis.Redis,
 ) -> None:
     sim = stack.sim
-    sim.call("POST", "/_sim/reset")
-    tokens = registry(db, universe, 3001)
-    streaming, new = tokens[:3000], tokens[3000]
-    add_accounts(db, 1)
-    stack.holder()
-    listener = stack.listen(rredis)
-    commands.subscribe_many(db, streaming, "quote")
-    wait_for(lambda: all_active(db, streaming), 60, "3,000 instruments active")
+    _, (new,), listener = three_thousand(stack, db, universe, rredis, 1)
     wait_for(lambda: len(events(listener, "subscription_created")) == 3000, 30, "their events")
     wait_for(lambda: rredis.llen("backfill") == 3000, 30, "their backfills enqueued")
     rredis.delete("backfill")  # 1,000 s of history at 3 requests/s: not what this test is about

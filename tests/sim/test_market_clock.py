@@ -12,7 +12,7 @@ import pytest
 from kiteconnect import KiteConnect
 
 from tests.sim.conftest import ThreadedSim
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import decode_frame
 from ticker_worker.sim.accounts import Account
 from ticker_worker.sim.clock import MarketClock
@@ -77,22 +77,21 @@ def real_sim() -> Iterator[ThreadedSim]:
     server.close()
 
 
-def test_on_a_saturday_the_socket_beats_but_does_not_tick(real_sim: ThreadedSim) -> None:
+def test_on_a_saturday_only_the_snapshot_then_heartbeats(real_sim: ThreadedSim) -> None:
     real_sim.call("POST", "/_sim/clock?now=2026-11-28T11:00:00%2B05:30")
 
     async def main() -> list[int]:
         async with aiohttp.ClientSession() as session, session.ws_connect(
                 f"{real_sim.ws}/?api_key=weekend&access_token=t") as ws:
             await ws.send_str(json.dumps({"a": "subscribe", "v": [INFY, NIFTY]}))
-            # Like Kite on a Sunday, the subscribe is answered with the last prices, once.
-            while len(ack := (await asyncio.wait_for(ws.receive(), 5)).data) == 1:
-                pass
-            assert sorted(t["instrument_token"] for t in decode_frame(ack)) == [NIFTY, INFY]
-            sizes: list[int] = []
-            while sizes.count(1) < 5:  # five heartbeats: the clock stepped many times meanwhile
+            frames: list[bytes] = []
+            while sum(len(f) == 1 for f in frames) < 5:  # five heartbeats: many clock steps
                 msg = await asyncio.wait_for(ws.receive(), 5)
-                sizes.append(len(msg.data))
-            assert all(size == 1 for size in sizes), "a tick on a Saturday"
+                frames.append(msg.data)
+            ticks = [f for f in frames if len(f) > 1]
+            # Like Kite, the current packet of each token right after the subscribe; no more.
+            assert len(ticks) == 1, "a tick on a Saturday besides the snapshot"
+            assert sorted(t["instrument_token"] for t in decode_frame(ticks[0])) == [NIFTY, INFY]
             real_sim.call("POST", "/_sim/clock?now=2026-11-27T09:15:00%2B05:30")
             while True:  # Friday, in session: ticks follow
                 msg = await asyncio.wait_for(ws.receive(), 5)

@@ -11,7 +11,7 @@ from datetime import date, datetime
 import pytest
 
 from ticker_worker.kite.codec import EXCHANGE_SEGMENTS
-from ticker_worker.sim.accounts import Accounts, RateLimiter
+from ticker_worker.sim.accounts import Accounts, RestRateWindows
 from ticker_worker.sim.candles import CandleMaker, make_candles
 from ticker_worker.sim.universe import CSV_HEADER, build_universe
 from ticker_worker.sim.ws import ProtocolError, parse_message
@@ -77,7 +77,7 @@ def test_an_expired_key_accepts_only_a_new_token() -> None:
 
 def test_rate_limiter_is_a_sliding_one_second_window() -> None:
     now = [0.0]
-    limiter = RateLimiter(clock=lambda: now[0])
+    limiter = RestRateWindows(clock=lambda: now[0])
     assert [limiter.allow("k", "historical", 3) for _ in range(4)] == [True, True, True, False]
     now[0] = 0.999
     assert not limiter.allow("k", "historical", 3)

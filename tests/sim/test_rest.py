@@ -133,3 +133,14 @@ def test_expired_key_raises_token_exception_until_a_new_token(sim: ThreadedSim) 
 def test_unknown_routes_answer_json(sim: ThreadedSim) -> None:
     status, body = sim.call("GET", "/no/such/route")
     assert status == 404 and body["error_type"] == "GeneralException"
+
+
+def test_no_candle_lies_in_the_future(kite: KiteConnect) -> None:
+    now = dt.datetime.now(IST)
+    start = (now - dt.timedelta(days=6)).replace(tzinfo=None)
+    rows = kite.historical_data(408065, start, (now + dt.timedelta(days=5)).replace(tzinfo=None),
+                                "minute")
+    assert all(r["date"] <= now for r in rows)
+    days = kite.historical_data(408065, start, (now + dt.timedelta(days=5)).replace(tzinfo=None),
+                                "day")
+    assert all(r["date"].date() <= now.date() for r in days)

@@ -24,7 +24,8 @@ from ticker_worker.core.backfill_plan import (
     session_windows,
     sessions_start,
 )
-from ticker_worker.core.sessions import IST, NSE_EQUITY
+from ticker_worker.core.ist import IST
+from ticker_worker.core.sessions import NSE_EQUITY
 from ticker_worker.db.accounts import AccountRow
 from ticker_worker.errors import InvalidDays, InvalidInterval, InvalidRequest, InvalidWindow
 

@@ -10,7 +10,7 @@ from datetime import datetime
 import orjson
 
 from ticker_worker.config import Settings
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.holder.mock_ticks import MockTicks
 
 INFY, NIFTY, MCX, UNPRICED = 408065, 256265, (50_000 << 8) | 7, 5633

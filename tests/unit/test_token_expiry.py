@@ -6,7 +6,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from ticker_worker.cli.status import time_left
-from ticker_worker.core.sessions import IST, token_expiry
+from ticker_worker.core.ist import IST
+from ticker_worker.core.sessions import token_expiry
 from ticker_worker.db.accounts import expiry_fields
 from ticker_worker.holder.snapshot import warnings
 

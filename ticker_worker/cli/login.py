@@ -15,7 +15,8 @@ from ticker_worker import crypto
 from ticker_worker import login as flow
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.cli.common import cli_runtime, database_errors
-from ticker_worker.core.sessions import IST, token_expiry
+from ticker_worker.core.ist import IST
+from ticker_worker.core.sessions import token_expiry
 from ticker_worker.db import accounts as repo
 from ticker_worker.errors import LoginError
 

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ticker_worker.core import sessions
-from ticker_worker.core.sessions import IST, Hours
+from ticker_worker.core.ist import IST
+from ticker_worker.core.sessions import Hours
 from ticker_worker.errors import InvalidWindow
 
 SECOND = timedelta(seconds=1)

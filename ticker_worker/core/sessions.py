@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
 import holidays
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
+from ticker_worker.core.ist import IST
+
 SATURDAY = 5
 
 

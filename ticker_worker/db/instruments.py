@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ticker_worker.core.ist import IST
 from ticker_worker.keys import FULL_PASS, NUDGE_CHANNEL
 
-IST = timezone(timedelta(hours=5, minutes=30))
 COLUMNS = (
     "instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
     "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange",

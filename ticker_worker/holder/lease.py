@@ -126,10 +126,13 @@ class LeaseKeeper:
         epoch, self.epoch = self.epoch, None
         self.active.clear()
         if epoch is not None:
+            # Worth waiting for, up to the whole lease (a slow Postgres is not a reason to leave
+            # the standby waiting for the expiry), behind any call still in the lane.
             try:
-                await self._call(sql.release, self.id, epoch)
+                await asyncio.wait_for(self.db.run(in_conn(sql.release), self.id, epoch,
+                                                   lane="lease"), self.ttl)
             except Exception as exc:  # noqa: BLE001 - it expires by itself within the ttl
-                log.warning("lease not released (%s); it expires within %.1f s", exc, self.ttl)
+                log.warning("lease not released (%r); it expires within %.1f s", exc, self.ttl)
         with contextlib.suppress(Exception):  # the registry forgets silent holders by itself
             await self._call(sql.forget, self.id)
 
@@ -157,7 +160,11 @@ class LeaseKeeper:
             key = self.keys.holder_alive(self.id)
             try:
                 asked = time.monotonic()
-                await self.redis.set(key, self.role, px=int(self.ttl * 1000))
+                # Claim `active` only on a lease fresh by our own clock: a process resumed after a
+                # pause must not announce a role it may have lost meanwhile.
+                fresh = self.epoch is not None and asked - self.renewed_at < self.ttl
+                await self.redis.set(key, "active" if fresh else "standby",
+                                     px=int(self.ttl * 1000))
                 others = [k async for k in self.redis.scan_iter(self.keys.holder_alive("*"))
                           if k.decode() != key]
                 self.others_alive, self.looked_at = bool(others), asked

@@ -162,8 +162,11 @@ class HolderApp:
 
     async def _shutdown(self, tasks: set[asyncio.Task[Any]], runner: web.AppRunner) -> None:
         was_active = self.lease.active.is_set()
-        # Hand over first: a standby starts taking over while our sockets close.
+        # Hand over first: a standby starts taking over while our sockets close. Close them
+        # before anything else: the new holder needs their Kite slots (3 per api key), and a
+        # pass still running opens nothing once the core has stood down.
         await self.lease.release()
+        await self.core.close()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from ticker_worker.bootstrap import Runtime
 from ticker_worker.config import Settings
 from ticker_worker.core import sessions
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.db import candles, subscriptions
 from ticker_worker.kite.codec import is_index
 

@@ -12,13 +12,14 @@ import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import decode_frame
 
 try:
@@ -27,7 +28,6 @@ except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_to_json = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-IST = timezone(timedelta(hours=5, minutes=30))
 #: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
 DECODER = "c" if frame_to_json is not None else "python"
 

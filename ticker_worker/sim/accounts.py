@@ -152,7 +152,7 @@ class Logins:
         return pending
 
 
-class RateLimiter:
+class RestRateWindows:
     """Per-key sliding one-second windows: at most `limit` requests in any 1.0 s span."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

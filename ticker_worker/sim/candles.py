@@ -116,7 +116,7 @@ def make_candles(
         first = _session_minute(day, opens)
         session = datetime.combine(day, opens)
         if interval == "day":
-            if hours is None or session <= end:  # today's day candle exists once it opened
+            if session <= end:  # today's day candle exists once the session opened
                 rows.append(maker.candle(f"{day:%Y-%m-%d}T00:00:00+0530", first, minutes, 0,
                                          with_oi))
             continue

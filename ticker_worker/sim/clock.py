@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from ticker_worker.core import sessions
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 
 MARKETS = ("always-open", "real")
 

@@ -16,7 +16,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from aiohttp import web
 
-from ticker_worker.core.sessions import IST
+from ticker_worker.core.ist import IST
 from ticker_worker.sim.state import SIMULATOR, error_response, json_response
 
 INVALID_API_KEY = "Invalid `api_key`."

@@ -11,6 +11,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import (
     FULL_FORMAT,
     INDEX_FULL_FORMAT,
@@ -21,7 +22,7 @@ from ticker_worker.kite.codec import (
     is_index,
 )
 from ticker_worker.sim.noise import hash_ints, mix64
-from ticker_worker.sim.universe import IST, Instrument, Universe
+from ticker_worker.sim.universe import Instrument, Universe
 
 MODES = ("ltp", "quote", "full")
 LTP, QUOTE, FULL = 0, 1, 2

@@ -110,10 +110,10 @@ async def historical(request: web.Request, sim: Simulator, account: Account) -> 
     if instrument is None:
         raise InputError(f"Invalid instrument token {token_text!r}.")
     maker = CandleMaker(sim.config.seed, instrument)
+    end = min(end, sim.clock.now_ist().replace(tzinfo=None))  # no candle in the future
     hours = None
-    if sim.clock.real:  # no candle in the future, nor outside the exchange's sessions
+    if sim.clock.real:  # nor outside the exchange's sessions and trading days
         hours = sessions.EXCHANGE_HOURS.get(instrument.exchange, sessions.NSE_EQUITY)
-        end = min(end, sim.clock.now_ist().replace(tzinfo=None))
     # Long spans take a few hundred ms; a thread lets the loop keep streaming ticks meanwhile.
     rows = await asyncio.get_running_loop().run_in_executor(
         None, make_candles, maker, interval, start, end, with_oi, hours

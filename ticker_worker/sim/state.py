@@ -11,7 +11,7 @@ from datetime import datetime
 import orjson
 from aiohttp import web
 
-from ticker_worker.sim.accounts import Accounts, Logins, RateLimiter
+from ticker_worker.sim.accounts import Accounts, Logins, RestRateWindows
 from ticker_worker.sim.clock import MarketClock
 from ticker_worker.sim.hub import Hub
 from ticker_worker.sim.market import Market
@@ -59,7 +59,7 @@ class Simulator:
         self.clock = MarketClock(config.market, config.now)
         self.accounts = Accounts(config.accounts)
         self.logins = Logins(config.api_secrets, config.redirect_urls)
-        self.limiter = RateLimiter()
+        self.limiter = RestRateWindows()
         self.hub = Hub(
             self.market,
             tick_interval=config.tick_interval,

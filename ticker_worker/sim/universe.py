@@ -12,15 +12,15 @@ import io
 import random
 import zlib
 from collections.abc import Iterable, Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
+from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import EXCHANGE_SEGMENTS
 from ticker_worker.sim import catalog
 from ticker_worker.sim.catalog import Listed, Underlying
 
-IST = timezone(timedelta(hours=5, minutes=30), "IST")
 CSV_HEADER = (
     "instrument_token", "exchange_token", "tradingsymbol", "name", "last_price", "expiry",
     "strike", "tick_size", "lot_size", "instrument_type", "segment", "exchange",

@@ -12,7 +12,7 @@ from ticker_worker import backfill as service
 from ticker_worker.bootstrap import runtime
 from ticker_worker.celery import app
 from ticker_worker.errors import HistoricalAccessDenied, InvalidRequest, NoHealthyAccount
-from ticker_worker.tasks.commands import RETRYABLE
+from ticker_worker.tasks.command_tasks import RETRYABLE
 
 # Kite answers 429 with NetworkException; DataException is a bad gateway reply; the client lets
 # requests' connection errors through unwrapped. All pass, so each retries with backoff.

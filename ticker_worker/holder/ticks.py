@@ -28,6 +28,7 @@ except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_to_json = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+PIPELINE_DEPTH = 4  # frames encoded ahead of the one being published
 #: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
 DECODER = "c" if frame_to_json is not None else "python"
 
@@ -122,19 +123,33 @@ class TickPipeline:
         # Encoding a 3000-packet frame takes milliseconds. The C encoder releases the GIL while
         # it writes, so on a thread of its own it leaves the event loop free to serve subscribes
         # and /health meanwhile (benchmarks/bench_decode.py: the loop's lateness p50 drops from
-        # ~11 ms with the GIL held to ~0.1 ms).
+        # ~11 ms with the GIL held to ~0.1 ms). Two stages, so that the next frame of a step is
+        # encoded while the last one is being published, in order.
         loop = asyncio.get_running_loop()
+        encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]] = \
+            asyncio.Queue(PIPELINE_DEPTH)
         with ThreadPoolExecutor(1, thread_name_prefix="tick-decode") as decoder:
-            while True:
-                frame = await self.queue.get()
-                try:
-                    body, tokens = await loop.run_in_executor(
-                        decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)
-                    await self._publish(body, tokens)
-                except struct.error as exc:  # counted in frames_rejected
-                    log.warning("malformed tick frame of %d bytes dropped: %s", len(frame), exc)
-                except Exception:  # one bad frame must not stop the stream
-                    log.exception("tick frame dropped")
+            publisher = asyncio.create_task(self._publish_in_order(encoded), name="tick-publish")
+            try:
+                while True:
+                    frame = await self.queue.get()
+                    await encoded.put((frame, loop.run_in_executor(
+                        decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)))
+            finally:
+                publisher.cancel()
+
+    async def _publish_in_order(
+        self, encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]]
+    ) -> None:
+        while True:
+            frame, job = await encoded.get()
+            try:
+                body, tokens = await job
+                await self._publish(body, tokens)
+            except struct.error as exc:  # counted in frames_rejected
+                log.warning("malformed tick frame of %d bytes dropped: %s", len(frame), exc)
+            except Exception:  # one bad frame must not stop the stream
+                log.exception("tick frame dropped")
 
     async def _publish(self, body: bytes, tokens: list[int]) -> None:
         if not tokens:

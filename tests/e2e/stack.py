@@ -55,6 +55,17 @@ def holder_env(sim: Sim, **extra: object) -> dict[str, str]:
     return env
 
 
+def health_at(port: int) -> dict[str, Any] | None:
+    """A holder's /health document (503 included), or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+    except OSError:
+        return None
+
+
 class Holder:
     """`ticker-worker holder` as a process."""
 
@@ -66,13 +77,7 @@ class Holder:
         assert self.proc.alive(), self.proc.output()
 
     def health(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return json.loads(exc.read())
-        except OSError:
-            return None
+        return health_at(self.port)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
@@ -134,4 +139,5 @@ def wait_status(engine: Engine, tokens: list[int], status: str, timeout: float =
     wait_for(done, timeout, f"{len(tokens)} subscriptions {status}")
 
 
-__all__ = ["Holder", "Listener", "Sim", "add_accounts", "holder_env", "sub_rows", "wait_status"]
+__all__ = ["Holder", "Listener", "Sim", "add_accounts", "health_at", "holder_env", "sub_rows",
+           "wait_status"]

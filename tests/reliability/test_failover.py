@@ -8,12 +8,9 @@ a second; of two holders started together exactly one is ever active (the lease'
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +19,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from tests.e2e.stack import Holder, Sim, add_accounts
+from tests.e2e.stack import Holder, Sim, add_accounts, health_at
 from tests.procs import Proc, free_port, wait_for
 from tests.reliability.conftest import (
     KEYS,
@@ -174,16 +171,6 @@ def _start_two(stack: Stack) -> list[tuple[Proc, int]]:
         started.append((Proc(f"holder{i}", args, {**base, "HOLDER_HTTP_PORT": str(port)}), port))
     stack.procs.extend(p for p, _ in started)
     return started
-
-
-def health_at(port: int) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-    except OSError:
-        return None
 
 
 @pytest.mark.parametrize("round_", range(3))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ticker_worker.core import wire
 from ticker_worker.core.acks import AckBook
 from ticker_worker.core.placement import Slot
 from ticker_worker.core.wire import Message
@@ -131,15 +132,7 @@ class FakeLink:
         self._note("stop")
 
     async def apply(self, messages: Sequence[Message]) -> None:
-        for m in messages:
-            if m.action == "unsubscribe":
-                for t in m.tokens:
-                    self.tokens.pop(t, None)
-                self.acks.forget(m.tokens)
-            elif m.action == "subscribe":
-                self.tokens.update(dict.fromkeys(m.tokens, "quote"))
-            else:
-                self.tokens.update((t, m.mode or "quote") for t in m.tokens if t in self.tokens)
+        self.acks.forget(wire.carry(self.tokens, messages))
         if self.cap is not None and len(self.tokens) < self.cap:
             self.cap = None
         if not self.connected:

@@ -8,6 +8,7 @@ the old connection waits for the new one's first tick (`Plan.release_after_ack`)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ticker_worker.core.placement import Slot
@@ -49,3 +50,17 @@ def for_slot(plan: Plan, slot: Slot, batch_size: int) -> list[Message]:
 def messages(plan: Plan, batch_size: int = 1000) -> list[Message]:
     """Every message of `plan`, connection by connection."""
     return [m for slot in sorted(plan.touched()) for m in for_slot(plan, slot, batch_size)]
+
+
+def carry(tokens: dict[int, str], messages: Sequence[Message]) -> list[int]:
+    """Make `messages` true of a connection's token map (token -> mode), in order; return the
+    tokens they unsubscribed. A subscribe alone means Kite's default mode, quote."""
+    gone: list[int] = []
+    for m in messages:
+        if m.action == "unsubscribe":
+            gone += [t for t in m.tokens if tokens.pop(t, None) is not None]
+        elif m.action == "subscribe":
+            tokens.update(dict.fromkeys(m.tokens, "quote"))
+        else:
+            tokens.update((t, m.mode or "quote") for t in m.tokens if t in tokens)
+    return gone

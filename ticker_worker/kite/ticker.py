@@ -21,6 +21,7 @@ from typing import Protocol
 import aiohttp
 import orjson
 
+from ticker_worker.core import wire
 from ticker_worker.core.acks import AckBook
 from ticker_worker.core.wire import Message
 from ticker_worker.kite.codec import frame_tokens
@@ -134,15 +135,7 @@ class TickerConnection:
 
     async def apply(self, messages: Sequence[Message]) -> None:
         """Make `messages` true of `tokens`, then send them in order (when connected)."""
-        for m in messages:
-            if m.action == "unsubscribe":
-                for t in m.tokens:
-                    self.tokens.pop(t, None)
-                self.acks.forget(m.tokens)
-            elif m.action == "subscribe":
-                self.tokens.update(dict.fromkeys(m.tokens, "quote"))
-            else:
-                self.tokens.update((t, m.mode or "quote") for t in m.tokens if t in self.tokens)
+        self.acks.forget(wire.carry(self.tokens, messages))
         if self.cap is not None and len(self.tokens) < self.cap:
             self.cap = None  # room again: Kite took what it could, it will take more
         async with self._send_lock:

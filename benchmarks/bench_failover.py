@@ -36,7 +36,8 @@ from ticker_worker import commands
 from ticker_worker.db import migrate
 from ticker_worker.keys import RedisKeys
 
-DB = "ticker_worker_bench_failover"
+DB = "ticker_worker_bench_failover" + (
+    f"_{os.environ['TEST_RUN_ID']}" if os.environ.get("TEST_RUN_ID", "0") != "0" else "")
 URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DB}"
 KEYS = RedisKeys("ticker:bench")
 INTERVAL = 1.0

@@ -1,7 +1,9 @@
 """Shared benchmark plumbing: an isolated database and Redis db, the real processes, recorders.
 
 Benchmarks never touch the service's own data: database `ticker_worker_bench`, Redis db 13,
-prefix `ticker:bench`. Set before anything reads the settings.
+prefix `ticker:bench`. Set before anything reads the settings. Two benchmark runs on one machine
+stay apart with TEST_RUN_ID (database and prefix suffixed) and BENCH_REDIS_URL (a Redis of their
+own, which also carries their Celery broker).
 """
 
 from __future__ import annotations
@@ -9,9 +11,14 @@ from __future__ import annotations
 import os
 
 os.environ.update({
-    "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker_bench",
-    "REDIS_URL": "redis://127.0.0.1:6379/13",
-    "TICKER_REDIS_PREFIX": "ticker:bench",
+    "BENCH_SUFFIX": "" if os.environ.get("TEST_RUN_ID", "0") == "0"
+    else f"_{os.environ['TEST_RUN_ID']}",
+})
+os.environ.update({
+    "DATABASE_URL": "postgresql+psycopg2://postgres@127.0.0.1:5432/ticker_worker_bench"
+    + os.environ["BENCH_SUFFIX"],
+    "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
+    "TICKER_REDIS_PREFIX": "ticker:bench" + os.environ["BENCH_SUFFIX"],
     "LOG_LEVEL": "WARNING",
 })
 
@@ -38,6 +45,7 @@ from ticker_worker.keys import RedisKeys
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = get_settings()
 KEYS = RedisKeys(SETTINGS.ticker_redis_prefix)
+BENCH_DB = SETTINGS.database_url.rsplit("/", 1)[1]
 
 __all__ = ["KEYS", "SETTINGS", "Proc", "Sim", "celery_worker", "free_port", "wait_for"]
 
@@ -47,7 +55,7 @@ def fresh_database() -> Engine:
     url = SETTINGS.database_url
     admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text('DROP DATABASE IF EXISTS "ticker_worker_bench" WITH (FORCE)'))
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)'))
     admin.dispose()
     migrate.upgrade(url)
     return create_engine(url, pool_size=4)

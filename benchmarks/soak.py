@@ -4,8 +4,9 @@ N instruments stream at 1 tick/s (default 27,000 over 3 accounts) for --minutes 
 while a client subscribes and unsubscribes (--churn operations a second) and one api key's
 sockets are dropped every minute, in turn. Reported at the end: holder RSS at minute 5 (or at
 a sixth of a shorter run) and at the end, ticks lost on the streaming instruments (the volume
-rule, minus what `stream_gap` events reported, if the holder emits them), the largest gap, the
-event backlog, and Postgres and Redis memory.
+rule), every silence of a streaming instrument longer than two intervals and whether a
+`stream_gap` event covers it (the criterion: nothing lost that is not reported), the largest
+gap, the event backlog, and Postgres and Redis memory.
 
 Run: `.venv/bin/python -m benchmarks.soak [--minutes 2] [--instruments 27000]`.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -40,14 +43,49 @@ def churn(engine: Any, fresh: list[int], rate: float, stop: threading.Event) -> 
     return done
 
 
-def stream_gaps(r: redis.Redis) -> int:
-    """`stream_gap` events in the events stream (0 until the holder emits them)."""
-    count = 0
-    for _, fields in r.xrange(h.KEYS.events_stream):
-        payload = next(iter(fields.values()))
-        if orjson.loads(payload).get("event_type") == "stream_gap":
-            count += 1
-    return count
+class SilenceRecorder(h.TickRecorder):
+    """The tick recorder, also keeping every silence longer than two intervals (wall clock)."""
+
+    def __init__(self, client: redis.Redis, watched: set[int], interval: float) -> None:
+        self.silences: list[tuple[int, float, float]] = []  # token, last tick, next tick
+        self.offset = time.time() - time.perf_counter()
+        super().__init__(client, watched, interval)
+
+    def _see(self, tick: dict[str, Any], now: float) -> None:
+        before = self.last.get(tick["instrument_token"])
+        super()._see(tick, now)
+        after = self.last.get(tick["instrument_token"])
+        if (self.recording and before is not None and after is not before
+                and now - before[1] > 2 * self.interval):
+            self.silences.append((tick["instrument_token"], before[1] + self.offset,
+                                  now + self.offset))
+
+
+class GapEvents:
+    """Every `stream_gap` event on the events channel, as (gap_start, gap_end) per token (the
+    events stream is trimmed to 100k entries; a long soak emits more)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.windows: dict[int, list[tuple[float, float]]] = defaultdict(list)
+        self.count = 0
+        self.pubsub = client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(h.KEYS.events)
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        for message in self.pubsub.listen():
+            event = orjson.loads(message["data"])
+            if event.get("event_type") == "stream_gap":
+                self.count += 1
+                self.windows[event["instrument_token"]].append(
+                    (datetime.fromisoformat(event["gap_start"]).timestamp(),
+                     datetime.fromisoformat(event["gap_end"]).timestamp()))
+
+    def unreported(self, silences: list[tuple[int, float, float]], slack: float) -> int:
+        """Silences that no event's window covers (give or take `slack` seconds of delivery)."""
+        return sum(1 for token, start, end in silences
+                   if not any(gs <= start + slack and ge >= end - slack
+                              for gs, ge in self.windows.get(token, ())))
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -69,7 +107,8 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 def run(engine: Any, r: redis.Redis, sim: h.Sim, holder: h.Proc, tokens: list[int],
         fresh: list[int], args: argparse.Namespace) -> dict[str, Any]:
     proc = psutil.Process(holder.popen.pid)
-    recorder = h.TickRecorder(r, set(tokens), 1.0)
+    recorder = SilenceRecorder(r, set(tokens), 1.0)
+    gaps = GapEvents(r)
     h.wait_for(lambda: recorder.streaming() >= len(tokens) * 0.99, 60, "ticks flowing")
     stop = threading.Event()
     churned: list[int] = []
@@ -79,18 +118,21 @@ def run(engine: Any, r: redis.Redis, sim: h.Sim, holder: h.Proc, tokens: list[in
     checkpoint = min(300.0, duration / 6)
     rss: list[tuple[float, float]] = []
     drops = 0
+    peak = 0.0
     with recorder.window():
         thread.start()
         started = time.monotonic()
         next_drop = started + 60
         while (now := time.monotonic()) < started + duration:
             rss.append((now - started, proc.memory_info().rss / 2**20))
+            peak = max(peak, rss[-1][1])
             if now >= next_drop:
                 sim.fault("drop", f"key{drops % 3 + 1}")
                 drops, next_drop = drops + 1, next_drop + 60
             time.sleep(min(10.0, max(0.1, started + duration - now)))
         stop.set()
         thread.join(30)
+    time.sleep(5)  # the last drop's gap events are on their way
     at_checkpoint = next(m for t, m in rss if t >= checkpoint)
     end = proc.memory_info().rss / 2**20
     with engine.connect() as conn:
@@ -104,7 +146,9 @@ def run(engine: Any, r: redis.Redis, sim: h.Sim, holder: h.Proc, tokens: list[in
         "rss_checkpoint_mb": at_checkpoint, "rss_end_mb": end,
         "rss_drift": end / at_checkpoint - 1, "ticks_seen": recorder.ticks,
         "ticks_lost_volume": recorder.jumps, "ticks_lost_gaps": recorder.gap_missed,
-        "stream_gap_events": stream_gaps(r), "max_gap_s": recorder.max_gap,
+        "rss_peak_mb": peak, "silences": len(recorder.silences),
+        "silences_unreported": gaps.unreported(recorder.silences, slack=1.0),
+        "stream_gap_events": gaps.count, "max_gap_s": recorder.max_gap,
         "event_backlog": backlog, "postgres_mb": pg_bytes / 2**20,
         "redis_used_mb": info["used_memory"] / 2**20,
     }
@@ -115,10 +159,12 @@ def report(res: dict[str, Any]) -> None:
           f"{res['churn_ops']} churn operations, {res['drops']} key drops (one a minute)")
     print(f"  holder RSS {res['rss_checkpoint_mb']:.0f} MB at {res['checkpoint_s']:.0f} s -> "
           f"{res['rss_end_mb']:.0f} MB at the end: drift {res['rss_drift']:+.1%} "
-          f"[target within 10%]")
+          f"[target within 10%]; peak {res['rss_peak_mb']:.0f} MB")
     print(f"  ticks seen {res['ticks_seen']:,}; lost by volume {res['ticks_lost_volume']:,}, "
           f"by gaps {res['ticks_lost_gaps']:,}; stream_gap events {res['stream_gap_events']:,}; "
           f"largest gap {res['max_gap_s']:.1f} s")
+    print(f"  silences over 2 intervals {res['silences']:,}, of which not covered by a "
+          f"stream_gap event: {res['silences_unreported']:,} [target 0]")
     print(f"  event backlog {res['event_backlog']}; Postgres database {res['postgres_mb']:.0f} MB; "
           f"Redis used_memory {res['redis_used_mb']:.0f} MB (the whole shared server)")
 

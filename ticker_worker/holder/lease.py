@@ -49,6 +49,7 @@ class LeaseKeeper:
         self.epoch: int | None = None
         self.active = asyncio.Event()
         self.wake = asyncio.Event()  # set when a holder announces it let the lease go
+        self.leaving = False  # released for good (SIGTERM): never take it again
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
@@ -103,6 +104,8 @@ class LeaseKeeper:
         self.wake.clear()
 
     async def _try_take(self) -> None:
+        if self.leaving:
+            return
         epoch = await self._call(sql.acquire, self.id, self.ttl)
         if epoch is None:
             return
@@ -130,7 +133,11 @@ class LeaseKeeper:
         await self.on_standby()
 
     async def release(self) -> None:
-        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once."""
+        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once.
+
+        For good: the release's own announcement wakes this keeper too, and a holder on its way
+        out must not win the lease back from the standby."""
+        self.leaving = True
         epoch, self.epoch = self.epoch, None
         self.active.clear()
         if epoch is not None:

@@ -39,7 +39,7 @@ from ticker_worker.keys import RedisKeys
 DB = "ticker_worker_bench_failover" + (
     f"_{os.environ['TEST_RUN_ID']}" if os.environ.get("TEST_RUN_ID", "0") != "0" else "")
 URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DB}"
-KEYS = RedisKeys("ticker:bench")
+KEYS = RedisKeys(os.environ["TICKER_REDIS_PREFIX"])  # harness: suffixed by TEST_RUN_ID
 INTERVAL = 1.0
 
 

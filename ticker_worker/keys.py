@@ -12,6 +12,7 @@ NUDGE_CHANNEL = "ticker_worker_nudge"
 # changed row); FULL_PASS when accounts changed (it re-reads accounts and every row).
 FULL_PASS = "full"
 DIRTY_PASS = "*"
+LEASE_FREED = "lease"  # a holder let its lease go (SIGTERM): a standby may take it now
 MAX_NUDGE_TOKENS = 100
 
 EVENTS_STREAM_MAXLEN = 100_000

@@ -7,6 +7,9 @@ Proves, from Redis and the tables (never the holder's own logs):
 - the active holder cut off from Postgres but not Redis (a proxy that stops forwarding): it
   publishes no tick once its lease time has passed, and the standby, connected directly, takes
   over.
+- a paused holder still holding 2 of its api key's 3 Kite connections: the new holder streams on
+  the free slot at once and retries the rest with backoff (refused, never a 4th connection on
+  the simulator), and gets them once the paused one wakes and lets go.
 Commands are attributed to a holder by the client ports of its Redis sockets (MONITOR).
 """
 
@@ -24,7 +27,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from tests.e2e.stack import Holder, add_accounts, holder_env
-from tests.procs import wait_for
+from tests.procs import free_port, wait_for
 from tests.reliability.conftest import (
     KEYS,
     Stack,
@@ -37,6 +40,7 @@ from tests.reliability.conftest import (
 )
 from tests.reliability.failover import (
     CommandLog,
+    ConnectionWatch,
     StallingProxy,
     TickClock,
     lease_row,
@@ -175,3 +179,66 @@ def test_holder_cut_off_from_postgres_stops_publishing_within_the_lease(
     assert last - cut < LEASE_TTL + 0.5, f"published {last - cut:.2f} s after the cut"
     assert not [c for c in others if KEYS.events in c[2].split(" ")[1:2]], \
         "the cut-off holder published an event"
+
+
+def by_connection(db: Engine, tokens: list[int]) -> dict[int, list[int]]:
+    with db.connect() as conn:
+        rows = conn.execute(text("SELECT instrument_token, connection FROM subscriptions "
+                                 "WHERE instrument_token = ANY(:t)"), {"t": tokens}).all()
+    out: dict[int, list[int]] = {}
+    for token, index in rows:
+        out.setdefault(index, []).append(token)
+    return out
+
+
+def test_new_holder_uses_the_free_slot_first_while_a_paused_one_holds_two(
+    stack: Stack, db: Engine, stocks: list[int], rredis: redis.Redis,
+) -> None:
+    tokens = stocks[:200]
+    small = {**holder_env(stack.sim, max_tokens_per_connection=100), **stack.env()}
+    first, second = pair(stack, db, tokens, small)  # 2 connections x 100 on one api key
+    second.proc.stop()  # the standby must place 100 per connection too
+    second = TrackedHolder({**small, "HOLDER_HTTP_PORT": str(free_port())}, stack.procs)
+    wait_role(second, "standby")
+    clock = TickClock(rredis, KEYS.ticks)
+    watch = ConnectionWatch(stack.sim)
+    try:
+        wait_for(lambda: all_active(db, tokens), 30, "the subscriptions active")
+        groups = by_connection(db, tokens)
+        assert sorted(groups) == [0, 1] and all(len(g) == 100 for g in groups.values())
+        os.kill(first.proc.popen.pid, signal.SIGSTOP)
+        paused = time.time()
+        wait_role(second, "active", 30)
+        # One of its two connections got the free slot and streams; the other was refused
+        # (the paused holder's sockets are still open) and keeps retrying with backoff.
+        wait_for(lambda: any(clock.ticked_since(paused, g) for g in groups.values()), 30,
+                 "ticks on the free slot")
+        wait_for(lambda: max((c["reconnects"] for c in connections(second)), default=0) >= 2
+                 and watch.most_connections["key1"] >= 3, 30,
+                 "the other connection refused twice, the simulator seen at 3 connections")
+        free = [i for i, g in groups.items() if clock.ticked_since(paused, g)]
+        held = [t for i, g in groups.items() if i not in free for t in g]
+        assert len(free) == 1 and not any(clock.ticked_since(paused, [t]) for t in held)
+        assert [c["connected"] for c in connections(second)].count(True) == 1
+        woke = time.time()
+        os.kill(first.proc.popen.pid, signal.SIGCONT)
+        wait_role(first, "standby", 30)
+        wait_for(lambda: clock.ticked_since(woke, tokens), 30, "every instrument ticking")
+        wait_for(lambda: streaming_once(stack.sim, tokens), 30, "the paused one's sockets gone")
+        wait_for(lambda: sum(e["event_type"] == "stream_gap" for e in stream_events(rredis))
+                 >= len(tokens) and outbox_delivered(db, rredis), 30, "the takeover's gaps")
+    finally:
+        clock.stop()
+        watch.stop()
+    assert watch.polls > 20 and dict(watch.most_connections) == {"key1": 3}, \
+        dict(watch.most_connections)
+    gaps = [e for e in stream_events(rredis) if e["event_type"] == "stream_gap"]
+    twice = [e for e in gaps if sum(g["instrument_token"] == e["instrument_token"]
+                                    for g in gaps) > 1]
+    assert sorted(e["instrument_token"] for e in gaps) == sorted(tokens), twice[:4]
+
+
+def connections(holder: Holder) -> list[dict[str, Any]]:
+    doc = holder.health()
+    assert doc is not None
+    return list(doc["ticker"]["accounts"][0]["connections"])

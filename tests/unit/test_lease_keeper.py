@@ -47,3 +47,33 @@ async def test_a_stuck_lease_call_gets_no_queue_behind_it() -> None:
     await asyncio.sleep(0.01)  # the stuck call ends
     await keeper._try_take()
     assert db.calls == 2 and became == [7] and keeper.role == "active"
+
+
+class FreeDatabase:
+    """The Database port with the lease free: every acquire returns a new epoch."""
+
+    def __init__(self) -> None:
+        self.acquires = 0
+
+    async def run(self, fn: Any, *args: Any, lane: str = "fast") -> Any:
+        if fn.__name__ == "acquire":
+            self.acquires += 1
+            return self.acquires
+        return None
+
+
+async def test_a_released_lease_is_never_taken_back_by_the_holder_leaving() -> None:
+    db = FreeDatabase()
+
+    async def nothing(*args: Any) -> None:
+        pass
+
+    keeper = LeaseKeeper(db, None, RedisKeys("t"), 3.0, nothing, nothing)  # type: ignore[arg-type]
+    await keeper._try_take()
+    assert keeper.role == "active" and db.acquires == 1
+    await keeper.release()
+    keeper.wake.set()  # its own announcement of the release reaches it too
+    await keeper._try_take()
+    await keeper._pause(0.01)  # the wake-up is taken, not kept for later
+    assert not keeper.wake.is_set()
+    assert keeper.role == "standby" and db.acquires == 1, "the leaving holder took it back"

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ticker_worker.errors import Fenced
+from ticker_worker.keys import LEASE_FREED, NUDGE_CHANNEL
 
 __all__ = ["FENCE", "Fenced", "acquire", "forget", "holders", "release", "renew", "seen"]
 
@@ -39,9 +40,13 @@ WHERE name = '{LEASE}' AND holder_id = :id AND epoch = :epoch
 RETURNING epoch
 """)
 
+# The NOTIFY (delivered on commit) wakes the standbys' nudge listeners: one takes over at once
+# instead of at its next look.
 _RELEASE = text(f"""
-UPDATE holder_lease SET expires_at = now() - interval '1 millisecond'
-WHERE name = '{LEASE}' AND holder_id = :id AND epoch = :epoch
+WITH freed AS (
+    UPDATE holder_lease SET expires_at = now() - interval '1 millisecond'
+    WHERE name = '{LEASE}' AND holder_id = :id AND epoch = :epoch RETURNING 1)
+SELECT pg_notify('{NUDGE_CHANNEL}', '{LEASE_FREED}') FROM freed
 """)
 
 _SEEN = text("""

@@ -244,13 +244,18 @@ class HolderCore:
     async def resume(self) -> int:
         """Starting or taking over: every row still active has been silent since its last
         recorded tick; open its gap (closed by its first tick through this holder)."""
-        self._forget()  # whatever a pass still in flight at the step-down left behind
-        self.stood_down = False
+        self.stand_up()
         rows = await self.store.streaming_since()
         by_token = {r.instrument_token: r for r in rows}
         return self.gaps.begin(by_token, lambda t: by_token[t].since.timestamp(),
                                lambda t: (by_token[t].mode, by_token[t].generation),
                                None, None, "holder restarted")
+
+    def stand_up(self) -> None:
+        """Taking over: forget whatever a pass still in flight at the step-down left behind,
+        and let connections open again."""
+        self._forget()
+        self.stood_down = False
 
     def links(self) -> list[Link]:
         """Every open connection."""
@@ -260,9 +265,9 @@ class HolderCore:
         """Close every connection; forget what they held and what they owed. A standby holds
         nothing and owes no word: whoever takes over reports the silence from its resume()."""
         self.stood_down = True
+        # All at once: a hand-over waits for these Kite slots.
+        await asyncio.gather(*(conn.stop() for conn in self.links()))
         for state in self.accounts.values():
-            for conn in state.connections.values():
-                await conn.stop()
             state.connections.clear()
         self._forget()
 

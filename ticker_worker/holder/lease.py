@@ -1,7 +1,8 @@
 """Active or standby: the lease in Postgres decides which holder streams (db/lease.py).
 
-A standby looks at the lease five times a second and takes it once it has expired; the active
-holder renews it every `ttl / 6` seconds. A holder whose renewal finds another epoch steps down
+A standby looks at the lease five times a second, and at once when a holder announces that it
+let the lease go (SIGTERM), and takes it once it has expired; the active holder renews it every
+`ttl / 6` seconds. A holder whose renewal finds another epoch steps down
 at once: it closes its sockets and publishes nothing more.
 
 When a renewal cannot reach Postgres at all, the holder cannot tell a frozen server (nobody can
@@ -47,6 +48,8 @@ class LeaseKeeper:
         self.id = f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
         self.epoch: int | None = None
         self.active = asyncio.Event()
+        self.wake = asyncio.Event()  # set when a holder announces it let the lease go
+        self.leaving = False  # released for good (SIGTERM): never take it again
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
@@ -92,9 +95,17 @@ class LeaseKeeper:
                                      self.epoch)
             if self.epoch is not None and not self.may_publish():
                 await self.lost("lease not renewed in time and another holder is alive")
-            await asyncio.sleep(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
+            await self._pause(self.ttl / 6 if self.epoch is not None else STANDBY_PERIOD)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep until the next look, or until a holder announces it let the lease go."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), seconds)
+        self.wake.clear()
 
     async def _try_take(self) -> None:
+        if self.leaving:
+            return
         epoch = await self._call(sql.acquire, self.id, self.ttl)
         if epoch is None:
             return
@@ -122,7 +133,11 @@ class LeaseKeeper:
         await self.on_standby()
 
     async def release(self) -> None:
-        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once."""
+        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once.
+
+        For good: the release's own announcement wakes this keeper too, and a holder on its way
+        out must not win the lease back from the standby."""
+        self.leaving = True
         epoch, self.epoch = self.epoch, None
         self.active.clear()
         if epoch is not None:

@@ -13,13 +13,14 @@ import logging
 import select
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 from sqlalchemy.engine import make_url
 
-from ticker_worker.keys import DIRTY_PASS, FULL_PASS, NUDGE_CHANNEL
+from ticker_worker.keys import DIRTY_PASS, FULL_PASS, LEASE_FREED, NUDGE_CHANNEL
 
 log = logging.getLogger(__name__)
 KEEPALIVE = 5.0  # seconds between liveness queries on an idle LISTEN connection
@@ -35,9 +36,11 @@ def _dsn(database_url: str) -> str:
 class NudgeListener:
     """Sets `event` when a command task commits a change; reconnects after a Postgres restart."""
 
-    def __init__(self, database_url: str, event: asyncio.Event) -> None:
+    def __init__(self, database_url: str, event: asyncio.Event,
+                 on_lease_freed: Callable[[], None] | None = None) -> None:
         self.dsn = _dsn(database_url)
         self.event = event
+        self.on_lease_freed = on_lease_freed  # called on the loop when a holder lets go
         self.connected = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -112,6 +115,10 @@ class NudgeListener:
     def _note(self, payloads: list[str]) -> None:
         with self._lock:
             for payload in payloads:
+                if payload == LEASE_FREED:
+                    if self.on_lease_freed is not None and self._loop is not None:
+                        self._loop.call_soon_threadsafe(self.on_lease_freed)
+                    continue
                 if payload == FULL_PASS:
                     self.full_requested = True
                 elif payload == DIRTY_PASS or not payload:

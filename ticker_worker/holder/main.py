@@ -32,6 +32,7 @@ from ticker_worker.holder.jobs import Reconciler, Settler, Stats, TickTimes, rel
 from ticker_worker.holder.lease import LeaseKeeper
 from ticker_worker.holder.listener import NudgeListener
 from ticker_worker.holder.relay import Relay, RelayLoop
+from ticker_worker.holder.standby import PgPlacement, WarmPlacement, report_resumed, take_over
 from ticker_worker.holder.ticks import TickPipeline
 from ticker_worker.kite.ticker import LinkEvents, TickerConnection
 
@@ -59,7 +60,9 @@ class HolderApp:
                              statement_timeout_ms=10_000, lock_timeout_ms=2_000,
                              connect_timeout=2, keepalives=True, autocommit=True)
         self.db = Database(engine)
-        self.listener = NudgeListener(s.database_url, asyncio.Event())
+        # A released lease is announced on the nudge channel: a standby takes it at once.
+        self.listener = NudgeListener(s.database_url, asyncio.Event(),
+                                      on_lease_freed=lambda: self.lease.wake.set())
         self.lease = LeaseKeeper(self.db, self.aredis, rt.keys, s.lease_ttl,
                                  self._on_active, self._on_standby)
         self.store = PgStore(self.db, self.lease.current_epoch)
@@ -72,6 +75,7 @@ class HolderApp:
         self.core = core_cls(s, self.store, self._open_link, self.relay, self.ticks,
                              SystemClock(), lambda full: self.listener.ask(full=full))
         self.stats = Stats(self.store)
+        self.warm = WarmPlacement(PgPlacement(self.db))
         self.rate = 0.0
         self.http_port: int | None = None
 
@@ -84,10 +88,13 @@ class HolderApp:
                                 batch_size=s.subscribe_batch_size)
 
     async def _on_active(self, epoch: int) -> None:
-        opened = await self.core.resume()
+        taken = time.monotonic()
+        opened, adopted = await take_over(self.core, self.warm)
         if opened:
-            log.info("resuming %d streaming instruments (their silence is reported as gaps)",
-                     opened)
+            log.info("resuming %d streaming instruments (their silence is reported as gaps); "
+                     "%d sent at once on their recorded connections (%.3f s)", opened, adopted,
+                     time.monotonic() - taken)
+            self.core.spawn(report_resumed(self.core, taken))
         self.listener.ask(full=True)
 
     async def _on_standby(self) -> None:
@@ -134,7 +141,7 @@ class HolderApp:
             "ticks": self.ticks.run(), "stats": self.stats.run(),
             "tick-times": TickTimes(self.store, self.ticks, lease, s.tick_flush_interval,
                                     s.last_tick_flush_interval).run(),
-            "snapshot": self.snapshot_loop(),
+            "snapshot": self.snapshot_loop(), "standby": self.warm.run(lease.active),
         }
         if s.mock_outside_market_hours:
             jobs["mock-ticks"] = mock_ticks.from_runtime(self.rt, self.aredis,
@@ -162,11 +169,11 @@ class HolderApp:
 
     async def _shutdown(self, tasks: set[asyncio.Task[Any]], runner: web.AppRunner) -> None:
         was_active = self.lease.active.is_set()
-        # Hand over first: a standby starts taking over while our sockets close. Close them
-        # before anything else: the new holder needs their Kite slots (3 per api key), and a
-        # pass still running opens nothing once the core has stood down.
-        await self.lease.release()
+        # Close the sockets, then hand over: the new holder needs their Kite slots (3 per api
+        # key) and connects the moment it has the lease; a 4th connection would be refused and
+        # retried after a backoff. A pass still running opens nothing once the core stood down.
         await self.core.close()
+        await self.lease.release()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -102,6 +102,7 @@ class TickerConnection:
         self.auth_failed = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False  # stop() ran: the loop must not connect again
         self._send_lock = asyncio.Lock()
         self._pending: list[asyncio.TimerHandle] = []
 
@@ -118,12 +119,16 @@ class TickerConnection:
     def start(self) -> None:
         """Run the connect-read-reconnect loop in the background."""
         if self._task is None or self._task.done():
-            self.auth_failed = False
+            self.auth_failed, self._stopped = False, False
             name = f"ticker-{self.account}-{self.index}"
             self._task = asyncio.create_task(self._run(), name=name)
 
     async def stop(self) -> None:
         """Close the socket and stop reconnecting."""
+        # The flag, not only the cancel: on Python 3.11, asyncio.wait_for (in _close) loses a
+        # cancellation that lands as the socket's close completes, and the loop would go on to
+        # reconnect (a stepped-down holder keeping Kite slots from the new active one).
+        self._stopped = True
         for handle in self._pending:
             handle.cancel()
         if self._task is not None:
@@ -191,7 +196,7 @@ class TickerConnection:
 
     async def _run(self) -> None:
         attempt = 0
-        while True:
+        while not self._stopped:
             reason = "dropped"
             try:
                 await self._connect_and_read()
@@ -213,6 +218,8 @@ class TickerConnection:
                 reason = "error"
                 log.exception("connection task failed; reconnecting", extra=self.log_extra)
             await self._lost(reason)
+            if self._stopped:
+                return
             attempt += 1
             self.reconnects += 1
             await asyncio.sleep(backoff(attempt, self.max_delay))

@@ -126,3 +126,10 @@ async def test_a_cold_takeover_only_resumes_and_the_cache_is_spent_once_taken() 
     await again.full()
     await again.tick_all()
     again.assert_streaming()
+
+
+async def test_a_placement_not_confirmed_lately_is_not_adopted() -> None:
+    first, warm = await streaming(range(1, 4))
+    warm.fresh_at -= 10 * warm.period  # Postgres away: the looks failed for a while
+    h, _, adopted = await hand_over(first, warm)
+    assert adopted == 0 and h.kite.links == {}, "an old word about the accounts was trusted"

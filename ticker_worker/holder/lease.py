@@ -50,6 +50,7 @@ class LeaseKeeper:
         self.active = asyncio.Event()
         self.wake = asyncio.Event()  # set when a holder announces it let the lease go
         self.leaving = False  # released for good (SIGTERM): never take it again
+        self._held: int | None = None  # the epoch to release once the sockets are closed
         self.renewed_at = 0.0  # monotonic time of the last successful renewal
         self.takeovers = 0
         self.others_alive = False
@@ -79,8 +80,8 @@ class LeaseKeeper:
         return not self.others_alive and now - self.looked_at < self.ttl
 
     async def run(self) -> None:
-        """Take, renew or wait, forever."""
-        while True:
+        """Take, renew or wait, until this holder leaves (SIGTERM)."""
+        while not self.leaving:
             try:
                 if self.epoch is None:
                     await self._try_take()
@@ -99,8 +100,11 @@ class LeaseKeeper:
 
     async def _pause(self, seconds: float) -> None:
         """Sleep until the next look, or until a holder announces it let the lease go."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+        # lands as the wake-up completes, and the shutdown would wait for this task for ever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.wake.wait()
         self.wake.clear()
 
     async def _try_take(self) -> None:
@@ -112,7 +116,16 @@ class LeaseKeeper:
         self.epoch, self.renewed_at = epoch, time.monotonic()
         self.takeovers += 1
         log.info("this holder is now active (epoch %d)", epoch)
-        await self.on_active(epoch)
+        try:
+            await self.on_active(epoch)
+        except Exception:
+            # Never hold a lease without streaming: give it back for another holder (or for
+            # this one's next look) rather than renew it while the jobs wait for `active`.
+            log.exception("taking over failed; giving the lease back")
+            self.epoch = None
+            await self.on_standby()
+            await self._give_back(epoch)
+            return
         self.active.set()
 
     async def _renew(self) -> None:
@@ -132,24 +145,34 @@ class LeaseKeeper:
         self.active.clear()
         await self.on_standby()
 
-    async def release(self) -> None:
-        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once.
+    def begin_leaving(self) -> None:
+        """SIGTERM: stop publishing and renewing now, and keep the epoch for release().
 
         For good: the release's own announcement wakes this keeper too, and a holder on its way
-        out must not win the lease back from the standby."""
-        self.leaving = True
-        epoch, self.epoch = self.epoch, None
+        out must not win the lease back from the standby. While the sockets close, a pass that
+        meets the stood-down core calls lost(), which must not forget the epoch to release."""
+        if not self.leaving:
+            self.leaving, self._held = True, self.epoch
+        self.epoch = None
         self.active.clear()
+
+    async def release(self) -> None:
+        """Graceful hand-over (SIGTERM): let the lease go now so a standby takes it at once."""
+        self.begin_leaving()
+        epoch, self._held = self._held, None
         if epoch is not None:
-            # Worth waiting for, up to the whole lease (a slow Postgres is not a reason to leave
-            # the standby waiting for the expiry), behind any call still in the lane.
-            try:
-                await asyncio.wait_for(self.db.run(in_conn(sql.release), self.id, epoch,
-                                                   lane="lease"), self.ttl)
-            except Exception as exc:  # noqa: BLE001 - it expires by itself within the ttl
-                log.warning("lease not released (%r); it expires within %.1f s", exc, self.ttl)
+            await self._give_back(epoch)
         with contextlib.suppress(Exception):  # the registry forgets silent holders by itself
             await self._call(sql.forget, self.id)
+
+    async def _give_back(self, epoch: int) -> None:
+        # Worth waiting for, up to the whole lease (a slow Postgres is not a reason to leave
+        # the standby waiting for the expiry), behind any call still in the lane.
+        try:
+            async with asyncio.timeout(self.ttl):
+                await self.db.run(in_conn(sql.release), self.id, epoch, lane="lease")
+        except Exception as exc:  # noqa: BLE001 - it expires by itself within the ttl
+            log.warning("lease not released (%r); it expires within %.1f s", exc, self.ttl)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         # Never wait on Postgres longer than a fraction of the lease: a frozen or cut-off server

@@ -38,6 +38,7 @@ from ticker_worker.kite.ticker import LinkEvents, TickerConnection
 
 log = logging.getLogger(__name__)
 STATE_TTL = 10
+SHUTDOWN_CLOSE = 1.0  # seconds the sockets get to close before the lease is handed over anyway
 
 
 class SystemClock:
@@ -172,7 +173,10 @@ class HolderApp:
         # Close the sockets, then hand over: the new holder needs their Kite slots (3 per api
         # key) and connects the moment it has the lease; a 4th connection would be refused and
         # retried after a backoff. A pass still running opens nothing once the core stood down.
-        await self.core.close()
+        self.lease.begin_leaving()
+        with contextlib.suppress(TimeoutError):  # a stuck close must not delay the hand-over
+            async with asyncio.timeout(SHUTDOWN_CLOSE):
+                await self.core.close()
         await self.lease.release()
         for task in tasks:
             task.cancel()

@@ -66,23 +66,29 @@ class WarmPlacement:
         self.accounts: list[AccountRow] = []
         self.rows: list[Any] = []
         self.reads = 0  # placement reads (a look that found no change reads nothing)
+        self.fresh_at = float("-inf")  # monotonic time of the last look that succeeded
         self._mark: tuple[Any, ...] | None = None
 
     async def refresh(self) -> bool:
         """Read the placement again if the fingerprint moved; True when it did."""
         mark = await self.source.fingerprint()
         if mark == self._mark:
+            self.fresh_at = time.monotonic()
             return False
         # A change between the two reads leaves newer rows under an older mark: the next look
         # reads them again, never the reverse.
         self.accounts, self.rows = await self.source.accounts(), await self.source.placement()
         self._mark = mark
         self.reads += 1
+        self.fresh_at = time.monotonic()
         return True
 
     def take(self) -> tuple[list[AccountRow], list[Any]]:
-        """The placement to adopt, once: it goes stale the moment this holder streams."""
-        taken = self.accounts, self.rows
+        """The placement to adopt, once: it goes stale the moment this holder streams. Nothing
+        when the last successful look is older than two periods (Postgres was away: an account
+        may have been disabled meanwhile, and its api key must not be used on an old word)."""
+        fresh = time.monotonic() - self.fresh_at <= 2 * self.period
+        taken = (self.accounts, self.rows) if fresh else ([], [])
         self.accounts, self.rows, self._mark = [], [], None
         return taken
 

@@ -2,14 +2,17 @@
 
 `RawTicks` keeps every message published on `{prefix}:ticks` as (arrival, bytes);
 `first_arrival` finds an instrument's first tick in them by a byte search (no JSON parse).
-`Direct` is a second api key's own WebSocket to the simulator, subscribed to a sample of the
+`Observer` is a second api key's own WebSocket to the simulator, subscribed to a sample of the
 same instruments: the simulator sends every connection the same packets of a step, so a tick
-matched by (token, volume) on both sides gives the delay the holder adds.
+matched by (token, volume) on both sides gives the delay the holder adds. The simulator's send
+times (`/_sim/sends`) show that both sides' frames of a step left together, and time the
+holder from the moment its own frame began to leave (`send_times`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import sys
@@ -23,6 +26,8 @@ import redis
 
 from benchmarks import harness as h
 from ticker_worker.kite.codec import decode_frame
+
+OBSERVER_KEY = "direct-observer"
 
 
 class RawTicks:
@@ -69,13 +74,13 @@ class RawTicks:
 class Observer:
     """A second api key's own socket to the simulator, on a thread and loop of its own.
 
-    Open it before the holder connects: the simulator serves a step's connections in the order
-    they opened, so the observer gets each step first and the holder's figure includes the
-    time the simulator spends on the holder's (bigger) frames: an upper bound, never flattered.
+    Open it before the holder connects, so its frame of a step is queued first. The simulator
+    builds every frame of a step before it queues any, and `/_sim/sends` says when each began
+    to leave: `window` reports that spread beside the figure and subtracts nothing from it.
     """
 
     def __init__(self, ws_url: str, sample: list[int]) -> None:
-        self.url = f"{ws_url}/?api_key=direct-observer&access_token=t"
+        self.url = f"{ws_url}/?api_key={OBSERVER_KEY}&access_token=t"
         self.sample = sample
         self.frames: list[tuple[float, bytes]] = []
         self.recording = False
@@ -104,8 +109,9 @@ class Observer:
             if msg.type == aiohttp.WSMsgType.BINARY and len(msg.data) > 1 and self.recording:
                 self.frames.append((time.perf_counter(), msg.data))
 
-    def window(self, r: redis.Redis, seconds: float, settle: float = 3.0) -> dict[str, Any]:
-        """Record `seconds` of the sample on both sides and match them."""
+    def window(self, r: redis.Redis, seconds: float, sim: h.Sim,
+               settle: float = 3.0) -> dict[str, Any]:
+        """Record `seconds` of the sample on both sides and match them; time the sim's sends."""
         relayed = RawTicks(r)
         # A reader waiting for the GIL would otherwise wait up to 5 ms before it could stamp.
         sys.setswitchinterval(0.0001)
@@ -113,6 +119,7 @@ class Observer:
             time.sleep(0.5)  # the Redis subscription is in place
             self.frames = []
             self.recording = True
+            window_start = time.perf_counter()
             time.sleep(seconds)
             window_end = time.perf_counter()
             self.recording = False
@@ -120,7 +127,10 @@ class Observer:
         finally:
             relayed.close()
             sys.setswitchinterval(0.005)
-        return match(self.frames, relayed.messages, set(self.sample), window_end)
+        result = match(self.frames, relayed.messages, set(self.sample), window_end)
+        result.update(send_times(sim.call("GET", "/_sim/sends"), sim.stats(tokens=True),
+                                 result.pop("pairs"), window_start, window_end))
+        return result
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.stopped.set)
@@ -141,6 +151,44 @@ def match(direct: list[tuple[float, bytes]], relayed: list[tuple[float, bytes]],
             token = tick["instrument_token"]
             if token in sample and "volume_traded" in tick:
                 arrived.setdefault((token, tick["volume_traded"]), stamp)
-    delays = [(arrived[key] - stamp) * 1e3 for key, stamp in seen.items() if key in arrived]
+    pairs = [(key[0], stamp, arrived[key]) for key, stamp in seen.items() if key in arrived]
+    delays = [(on_redis - direct) * 1e3 for _, direct, on_redis in pairs]
     return {"delays_ms": delays, "matched": len(delays), "lost": len(seen) - len(delays),
-            "relayed_messages": len(relayed)}
+            "relayed_messages": len(relayed), "pairs": pairs}
+
+
+def send_times(sends: dict[str, Any], stats: dict[str, Any], pairs: list[tuple[int, float, float]],
+               start: float, end: float) -> dict[str, Any]:
+    """What the simulator's own send times say about the window (`/_sim/sends`).
+
+    - `spread_ms`: per step, how much later the holder's last frame began to leave than the
+      observer's frame (negative: before it). Near zero means the `added` figure is the holder's.
+    - `build_ms`: per step, the simulator's time from the step's start to its frames queued.
+    - `from_send_ms`: per matched tick, Redis arrival minus the moment the simulator began to
+      write the holder's frame that carried it: what the holder (and loopback TCP) adds, with
+      the simulator out of the clock. The step of a tick is the observer's latest send begun
+      before the tick reached the observer.
+    """
+    observer: dict[int, float] = {}
+    holder: dict[int, dict[int, float]] = {}  # connection id -> step -> write began
+    for conn in sends["connections"]:
+        times = {step: began for step, began, _ in conn["sends"]}
+        if conn["api_key"] == OBSERVER_KEY:
+            observer.update(times)
+        else:
+            holder[conn["id"]] = times
+    steps = sorted(s for s, began in observer.items() if start <= began <= end)
+    spread = [(max(t[s] for t in holder.values() if s in t) - observer[s]) * 1e3
+              for s in steps if any(s in t for t in holder.values())]
+    built = {entry[0]: (entry[3] - entry[1]) * 1e3 for entry in sends["steps"]}
+    conn_of = {token: conn["id"] for key, doc in stats["api_keys"].items() if key != OBSERVER_KEY
+               for conn in doc["connections"] for token in conn["token_list"]}
+    began_at = [observer[s] for s in steps]
+    from_send = []
+    for token, direct, on_redis in pairs:
+        at = bisect.bisect_right(began_at, direct) - 1
+        began = holder.get(conn_of.get(token, -1), {}).get(steps[at]) if at >= 0 else None
+        if began is not None:
+            from_send.append((on_redis - began) * 1e3)
+    return {"spread_ms": spread, "build_ms": [built[s] for s in steps if s in built],
+            "from_send_ms": from_send}

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SLICE_PACKETS = 500
 PIPELINE_DEPTH = 8  # slices encoded ahead of the one being published
 ENCODERS = 2  # threads; the C encoder runs without the GIL, so two slices encode at once
+INLINE_BYTES = 4096  # frames up to this size (about 90 quote packets) encode on the loop
 _COUNT = struct.Struct(">H")
 #: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
 DECODER = "c" if frame_to_json is not None else "python"
@@ -157,10 +158,23 @@ class TickPipeline:
                 while True:
                     frame = await self.queue.get()
                     for part in split_frame(frame):
-                        await encoded.put((part, loop.run_in_executor(
-                            decoder, encode_ticks, part, self.is_mock, self.times, self.decode)))
+                        await encoded.put((part, self._encode(loop, decoder, part)))
             finally:
                 publisher.cancel()
+
+    def _encode(self, loop: asyncio.AbstractEventLoop, decoder: ThreadPoolExecutor,
+                frame: bytes) -> asyncio.Future[tuple[bytes, list[int]]]:
+        """Encode on a decoder thread; a small frame (a subscribe's answer, a quiet connection's
+        step) right here, as the thread hop would cost more than the encoding."""
+        if len(frame) > INLINE_BYTES:
+            return loop.run_in_executor(
+                decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)
+        done: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+        try:
+            done.set_result(encode_ticks(frame, self.is_mock, self.times, self.decode))
+        except Exception as exc:  # noqa: BLE001 - raised where the publisher awaits it
+            done.set_exception(exc)
+        return done
 
     async def _publish_in_order(
         self, encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]]

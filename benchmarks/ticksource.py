@@ -1,7 +1,8 @@
 """Tick sources for the end-to-end benchmarks, each stamping arrivals before any parsing.
 
-`RawTicks` keeps every message published on `{prefix}:ticks` as (arrival, bytes);
-`first_arrival` finds an instrument's first tick in them by a byte search (no JSON parse).
+`RawTicks` keeps every message published on `{prefix}:ticks` as (arrival, bytes), stamped as
+the socket delivers its last byte (the RESP is parsed afterwards); `first_arrival` finds an
+instrument's first tick in them by a byte search (no JSON parse).
 `Observer` is a second api key's own WebSocket to the simulator, subscribed to a sample of the
 same instruments: the simulator sends every connection the same packets of a step, so a tick
 matched by (token, volume) on both sides gives the delay the holder adds. The simulator's send
@@ -15,6 +16,7 @@ import asyncio
 import bisect
 import contextlib
 import json
+import socket
 import sys
 import threading
 import time
@@ -31,27 +33,53 @@ OBSERVER_KEY = "direct-observer"
 
 
 class RawTicks:
-    """Every message on the ticks channel, stamped on arrival (perf_counter), unparsed."""
+    """Every message on the ticks channel as (arrival, bytes), parsed only when asked for.
+
+    A thread of its own reads the subscription's socket and stamps each chunk it receives
+    (perf_counter) before anything else; a message's arrival is the stamp of the chunk that
+    held its last byte. The RESP is parsed later, outside the stopwatch: a client library would
+    stamp only after parsing a 160 kB-1 MB message, charging the reader to the holder.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
-        own = redis.Redis(connection_pool=redis.ConnectionPool(
-            **client.connection_pool.connection_kwargs))
-        self.pubsub = own.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(h.KEYS.ticks)
-        self.messages: list[tuple[float, bytes]] = []
+        kwargs = client.connection_pool.connection_kwargs
+        self.sock = socket.create_connection((kwargs.get("host", "127.0.0.1"),
+                                              kwargs.get("port", 6379)))
+        commands = [[b"SELECT", b"%d" % kwargs.get("db", 0)], [b"SUBSCRIBE", h.KEYS.ticks.encode()]]
+        if kwargs.get("password"):
+            commands.insert(0, [b"AUTH", *(v.encode() for v in (kwargs.get("username"),
+                                                                  kwargs["password"]) if v)])
+        self.sock.sendall(b"".join(_resp(c) for c in commands))
+        self.chunks: list[tuple[float, bytes]] = []
         self.closed = False
+        self._parser = _PushParser(replies=len(commands) - 1)
+        self._parsed: list[tuple[float, bytes]] = []
+        self._taken = 0
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
-        with contextlib.suppress(redis.ConnectionError, ValueError, AttributeError):
-            for message in self.pubsub.listen():
-                if self.closed:
+        recv, chunks, clock = self.sock.recv, self.chunks, time.perf_counter
+        with contextlib.suppress(OSError):
+            while not self.closed:
+                data = recv(1 << 20)
+                if not data:
                     return
-                self.messages.append((time.perf_counter(), message["data"]))
+                chunks.append((clock(), data))
+
+    @property
+    def messages(self) -> list[tuple[float, bytes]]:
+        """The messages received so far, parsed now: (arrival, body)."""
+        chunks = self.chunks
+        end = len(chunks)
+        for stamp, data in chunks[self._taken:end]:
+            self._parsed.extend(self._parser.feed(stamp, data))
+        self._taken = end
+        return self._parsed
 
     def reset(self) -> None:
-        """Forget what arrived so far (a fresh list: the reader appends to the new one)."""
-        self.messages = []
+        """Forget what arrived so far (a fresh list: parsing goes on into the new one)."""
+        _ = self.messages
+        self._parsed = []
 
     def first_arrival(self, token: int, after: float, timeout: float = 60) -> float:
         """When the first tick of `token` arrived after `after` (waits for it)."""
@@ -68,7 +96,66 @@ class RawTicks:
 
     def close(self) -> None:
         self.closed = True
-        self.pubsub.close()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def _resp(args: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+class _PushParser:
+    """RESP2 replies in, pub/sub `message` bodies out, each stamped with its last chunk's time.
+
+    The first `replies` replies (AUTH, SELECT) and the subscribe confirmation are skipped.
+    """
+
+    def __init__(self, replies: int) -> None:
+        self.buf = bytearray()
+        self.skip = replies
+
+    def feed(self, stamp: float, data: bytes) -> list[tuple[float, bytes]]:
+        self.buf += data
+        out: list[tuple[float, bytes]] = []
+        pos = 0
+        while True:
+            parsed = _reply(self.buf, pos)
+            if parsed is None:
+                break
+            value, pos = parsed
+            if self.skip:
+                self.skip -= 1
+            elif isinstance(value, list) and value and value[0] == b"message":
+                out.append((stamp, value[2]))
+        del self.buf[:pos]
+        return out
+
+
+def _reply(buf: bytearray, pos: int) -> tuple[Any, int] | None:
+    """One RESP2 value at `pos`, and the position after it; None when it is not all there."""
+    line_end = buf.find(b"\r\n", pos)
+    if line_end < 0:
+        return None
+    kind, head = buf[pos:pos + 1], bytes(buf[pos + 1:line_end])
+    pos = line_end + 2
+    if kind in (b"+", b"-", b":"):
+        return head, pos
+    if kind == b"$":
+        size = int(head)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            return None
+        return bytes(buf[pos:pos + size]), pos + size + 2
+    items = []
+    for _ in range(int(head)):  # "*": an array
+        parsed = _reply(buf, pos)
+        if parsed is None:
+            return None
+        item, pos = parsed
+        items.append(item)
+    return items, pos
 
 
 class Observer:

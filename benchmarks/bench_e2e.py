@@ -148,7 +148,8 @@ def pct(values: list[float], q: float) -> float:
 def report_added(row: dict[str, Any]) -> None:
     runs = row["runs"]
     rate = row["instruments"] / row["interval"]
-    print(f"  {row['instruments']:,} streaming at {row['interval']} s ({rate:,.0f} ticks/s): "
+    print(f"  {row['instruments']:,} streaming at {row['interval']} s ({rate:,.0f} ticks/s asked, "
+          f"{delivered(row):,.0f} sent): "
           f"added p50 {h.spread([pct(r['delays_ms'], 50) for r in runs])} ms, "
           f"p99 {h.spread([pct(r['delays_ms'], 99) for r in runs])} ms, "
           f"max {h.spread([max(r['delays_ms'], default=float('nan')) for r in runs])} ms; matched "
@@ -166,9 +167,17 @@ def report_added(row: dict[str, Any]) -> None:
           f"(n={sum(len(r['from_send_ms']) for r in runs):,})", flush=True)
 
 
+def delivered(row: dict[str, Any]) -> float:
+    """Ticks/s the simulator really sent to each subscriber: the median run's steps/s x N."""
+    return statistics.median(r["steps_per_s"] for r in row["runs"]) * row["instruments"]
+
+
 def verdict(row: dict[str, Any]) -> str | None:
     """None when the level held; else what broke first."""
     runs = row["runs"]
+    if delivered(row) < 0.9 * row["instruments"] / row["interval"]:
+        return ("the simulator: it could not build steps at this interval "
+                f"({delivered(row):,.0f} ticks/s sent)")
     if any(r["sim_dropped"] for r in runs):
         return "socket read: the holder fell behind its sockets and the simulator skipped steps"
     if any(r["lost"] for r in runs):
@@ -226,7 +235,7 @@ def ceiling(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         if broke:
             print(f"  -> breaks at {len(ctx['streaming']) / interval:,.0f} ticks/s: {broke}")
             break
-        best = len(ctx["streaming"]) / interval
+        best = delivered(row)
     print(f"  highest rate held: {best:,.0f} ticks/s [target >= 200,000]" if best else
           "  no level held")
 

@@ -251,6 +251,8 @@ def send_times(sends: dict[str, Any], stats: dict[str, Any], pairs: list[tuple[i
     - `spread_ms`: per step, how much later the holder's last frame began to leave than the
       observer's frame (negative: before it). Near zero means the `added` figure is the holder's.
     - `build_ms`: per step, the simulator's time from the step's start to its frames queued.
+    - `steps_per_s`: steps the simulator really sent in the window (it cannot go faster than
+      it can build them, whatever the tick interval asks).
     - `from_send_ms`: per matched tick, Redis arrival minus the moment the simulator began to
       write the holder's frame that carried it: what the holder (and loopback TCP) adds, with
       the simulator out of the clock. The step of a tick is the observer's latest send begun
@@ -278,4 +280,5 @@ def send_times(sends: dict[str, Any], stats: dict[str, Any], pairs: list[tuple[i
         if began is not None:
             from_send.append((on_redis - began) * 1e3)
     return {"spread_ms": spread, "build_ms": [built[s] for s in steps if s in built],
-            "from_send_ms": from_send}
+            "from_send_ms": from_send, "steps_per_s": (len(steps) - 1) / (
+                began_at[-1] - began_at[0]) if len(steps) > 1 else float("nan")}

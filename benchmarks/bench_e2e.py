@@ -11,8 +11,10 @@
    CLOCK_MONOTONIC) are printed beside the figure, not subtracted from it: how much later the
    holder's frames of a step began to leave than the observer's (the fairness check), and the
    holder's delay from its own frame's send to Redis (the simulator out of the clock).
-3. `ceiling`: `added` at 27,000 instruments with shorter and shorter tick intervals, until a
-   tick is lost or the added p99 passes 50 ms; says what broke first.
+3. `ceiling`: `added` at --streaming instruments (27,000 by default in the docs) with shorter
+   and shorter tick intervals, until the simulator cannot send at the asked rate, a tick is
+   lost or the added p99 passes 50 ms; says what broke first. A level's rate is the one the
+   simulator really sent (steps seen in the window x instruments), not the one asked.
 
 Every figure is the median of --runs runs, with the min-max of the runs.
 

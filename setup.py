@@ -11,6 +11,7 @@ setup(
         Extension(
             "ticker_worker.kite._tickjson",
             ["ticker_worker/kite/_tickjson.c"],
+            depends=["ticker_worker/kite/_fastdouble.h"],
             optional=True,
             extra_compile_args=["-O2"],
         )

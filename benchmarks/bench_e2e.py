@@ -6,9 +6,15 @@
    interval. The simulator answers a subscribe with the current packet, as Kite does.
 2. `added`: a direct client on a second api key subscribes to a sample of the streaming
    instruments; each tick it sees is matched by (token, volume) with the same tick on Redis.
-   Arrivals are stamped before any parsing. p50/p99/max of the difference.
-3. `ceiling`: `added` at 27,000 instruments with shorter and shorter tick intervals, until a
-   tick is lost or the added p99 passes 50 ms; says what broke first.
+   Arrivals are stamped before any parsing. p50/p99/max of the difference. The simulator
+   builds all frames of a step before it queues any; its `/_sim/sends` times (same clock,
+   CLOCK_MONOTONIC) are printed beside the figure, not subtracted from it: how much later the
+   holder's frames of a step began to leave than the observer's (the fairness check), and the
+   holder's delay from its own frame's send to Redis (the simulator out of the clock).
+3. `ceiling`: `added` at --streaming instruments (27,000 by default in the docs) with shorter
+   and shorter tick intervals, until the simulator cannot send at the asked rate, a tick is
+   lost or the added p99 passes 50 ms; says what broke first. A level's rate is the one the
+   simulator really sent (steps seen in the window x instruments), not the one asked.
 
 Every figure is the median of --runs runs, with the min-max of the runs.
 
@@ -127,7 +133,7 @@ def added(sim: h.Sim, interval: float, ctx: dict[str, Any], tokens: list[int],
             for _ in range(args.runs):
                 dropped = sim.stats()["ticks_dropped"]
                 proc.cpu_percent()
-                result = observer.window(r, args.seconds)
+                result = observer.window(r, args.seconds, sim)
                 result["holder_cpu"] = proc.cpu_percent()
                 result["sim_dropped"] = sim.stats()["ticks_dropped"] - dropped
                 result["holder_rss_mb"] = proc.memory_info().rss / 2**20
@@ -144,7 +150,8 @@ def pct(values: list[float], q: float) -> float:
 def report_added(row: dict[str, Any]) -> None:
     runs = row["runs"]
     rate = row["instruments"] / row["interval"]
-    print(f"  {row['instruments']:,} streaming at {row['interval']} s ({rate:,.0f} ticks/s): "
+    print(f"  {row['instruments']:,} streaming at {row['interval']} s ({rate:,.0f} ticks/s asked, "
+          f"{delivered(row):,.0f} sent): "
           f"added p50 {h.spread([pct(r['delays_ms'], 50) for r in runs])} ms, "
           f"p99 {h.spread([pct(r['delays_ms'], 99) for r in runs])} ms, "
           f"max {h.spread([max(r['delays_ms'], default=float('nan')) for r in runs])} ms; matched "
@@ -152,11 +159,27 @@ def report_added(row: dict[str, Any]) -> None:
           f"sim dropped {sum(r['sim_dropped'] for r in runs)}, holder CPU "
           f"{h.spread([r['holder_cpu'] for r in runs], '{:.0f}')}%, RSS "
           f"{h.spread([r['holder_rss_mb'] for r in runs], '{:.0f}')} MB", flush=True)
+    print(f"    sim: holder's last frame of a step began to leave p50 "
+          f"{h.spread([pct(r['spread_ms'], 50) for r in runs], '{:.2f}')} ms, max "
+          f"{h.spread([max(r['spread_ms'], default=float('nan')) for r in runs], '{:.2f}')} ms "
+          f"after the observer's ({sum(len(r['spread_ms']) for r in runs)} steps); step built in "
+          f"p50 {h.spread([pct(r['build_ms'], 50) for r in runs])} ms; holder from its own "
+          f"frame's send: p50 {h.spread([pct(r['from_send_ms'], 50) for r in runs])} ms, p99 "
+          f"{h.spread([pct(r['from_send_ms'], 99) for r in runs])} ms "
+          f"(n={sum(len(r['from_send_ms']) for r in runs):,})", flush=True)
+
+
+def delivered(row: dict[str, Any]) -> float:
+    """Ticks/s the simulator really sent to each subscriber: the median run's steps/s x N."""
+    return statistics.median(r["steps_per_s"] for r in row["runs"]) * row["instruments"]
 
 
 def verdict(row: dict[str, Any]) -> str | None:
     """None when the level held; else what broke first."""
     runs = row["runs"]
+    if delivered(row) < 0.9 * row["instruments"] / row["interval"]:
+        return ("the simulator: it could not build steps at this interval "
+                f"({delivered(row):,.0f} ticks/s sent)")
     if any(r["sim_dropped"] for r in runs):
         return "socket read: the holder fell behind its sockets and the simulator skipped steps"
     if any(r["lost"] for r in runs):
@@ -214,7 +237,7 @@ def ceiling(ctx: dict[str, Any], args: argparse.Namespace) -> None:
         if broke:
             print(f"  -> breaks at {len(ctx['streaming']) / interval:,.0f} ticks/s: {broke}")
             break
-        best = len(ctx["streaming"]) / interval
+        best = delivered(row)
     print(f"  highest rate held: {best:,.0f} ticks/s [target >= 200,000]" if best else
           "  no level held")
 

@@ -4,7 +4,8 @@ Each input becomes a frame, either as raw bytes or shaped from the input: a pack
 that may be absurd, packets of Kite's lengths or of any length, a frame cut short anywhere.
 The C encoder must not crash (run this under AddressSanitizer: tests/fuzz/test_fuzz_tickjson.py
 builds a sanitized copy), must answer None for a frame it calls malformed, and otherwise
-must produce exactly the ticks of the official client's parser.
+must produce exactly the ticks of the official client's parser; its `frame_slices` must call
+the same frames malformed and cut the others into the right number of slices.
 
 Run: `python tests/fuzz/fuzz_tickjson.py [libFuzzer flags, e.g. -runs=100000]`.
 """
@@ -81,8 +82,13 @@ def official(frame: bytes) -> list[dict[str, Any]]:
 def check_frame(frame: bytes, release_gil: bool = True) -> None:
     """The encoder's contract for one frame (an AssertionError or a sanitizer report if not)."""
     result = _tickjson.frame_to_json(frame, True, release_gil)
+    per = 1 + len(frame) % 5
+    bounds = _tickjson.frame_slices(frame, per)  # the holder's slicing walks the same frame
+    assert (bounds is None) == (result is None), frame.hex()
     if result is None:
         return  # malformed: the holder's Python path decides (and counts it)
+    count = struct.unpack_from(">H", frame)[0]
+    assert len(bounds) == 1 + -(-count // per) and bounds[0] == 2 and bounds[-1] <= len(frame)
     body, tokens = result
     ticks = orjson.loads(body)
     assert tokens == [t["instrument_token"] for t in ticks]

@@ -166,6 +166,34 @@ def test_stats_report_connections_modes_and_ticks(fresh_sim: ThreadedSim) -> Non
     assert stats["ticks_total"] == sum(stats["ticks_sent"].values())
 
 
+def test_sends_record_when_each_connections_frame_of_a_step_left(fresh_sim: ThreadedSim) -> None:
+    async def body(session: Session, base: str) -> dict[str, Any]:
+        sockets = [await session.ws_connect(url(base, key)) for key in ("first", "second")]
+        for ws, token in zip(sockets, (408065, 5633), strict=True):
+            await ws.send_str(json.dumps({"a": "subscribe", "v": [token]}))
+        for ws in sockets:  # the answer to the subscribe, then two step frames
+            for _ in range(3):
+                await next_message(ws, aiohttp.WSMsgType.BINARY)
+        status, sends = await asyncio.to_thread(fresh_sim.call, "GET", "/_sim/sends")
+        assert status == 200
+        for ws in sockets:
+            await ws.close()
+        return dict(sends)
+
+    sends = run(fresh_sim, body)
+    by_key = {c["api_key"]: {s[0]: s[1:] for s in c["sends"]} for c in sends["connections"]}
+    assert set(by_key) == {"first", "second"}
+    common = set(by_key["first"]) & set(by_key["second"])
+    assert common  # both connections' frames of at least one step were recorded
+    steps = {entry[0]: entry[1:] for entry in sends["steps"]}
+    for step in common:
+        started, advanced, queued = steps[step]
+        assert started <= advanced <= queued
+        for key in by_key:
+            began, ended = by_key[key][step]
+            assert queued <= began <= ended  # no frame leaves before the step's last is built
+
+
 def test_fault_routes_need_a_known_key(fresh_sim: ThreadedSim) -> None:
     status, body = fresh_sim.call("POST", "/_sim/drop?api_key=stranger")
     assert status == 404 and "stranger" in body["error"]

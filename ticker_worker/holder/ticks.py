@@ -1,4 +1,6 @@
-"""Ticks: decode each Kite frame, publish it as one JSON array on `{prefix}:ticks`, note times.
+"""Ticks: decode each Kite frame, publish it as JSON arrays on `{prefix}:ticks`, note times.
+
+A big frame goes out as several arrays of at most `SLICE_PACKETS` ticks, in the frame's order.
 
 Frames pass through one bounded queue: a slow Redis slows the sockets' reads (backpressure)
 instead of growing memory without bound. Tick times go to Postgres in batches, never per tick.
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -23,12 +26,19 @@ from ticker_worker.core.ist import IST
 from ticker_worker.kite.codec import decode_frame
 
 try:
-    from ticker_worker.kite._tickjson import frame_to_json
+    from ticker_worker.kite._tickjson import frame_slices, frame_to_json
 except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_to_json = None  # type: ignore[assignment]
+    frame_slices = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-PIPELINE_DEPTH = 4  # frames encoded ahead of the one being published
+#: A frame is published as messages of at most this many ticks, so the first of a 3,000-packet
+#: frame reach Redis after a sixth of its encoding, not after all of it.
+SLICE_PACKETS = 500
+PIPELINE_DEPTH = 8  # slices encoded ahead of the one being published
+ENCODERS = 2  # threads; the C encoder runs without the GIL, so two slices encode at once
+INLINE_BYTES = 4096  # frames up to this size (about 90 quote packets) encode on the loop
+_COUNT = struct.Struct(">H")
 #: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
 DECODER = "c" if frame_to_json is not None else "python"
 
@@ -80,6 +90,19 @@ def encode_ticks(
         raise
 
 
+def split_frame(frame: bytes, per: int = SLICE_PACKETS) -> list[bytes]:
+    """Cut a frame into frames of at most `per` packets, in order; a malformed or small frame
+    (or an install without the C accelerator) stays whole for `encode_ticks` to judge."""
+    if frame_slices is None or len(frame) < 2 or _COUNT.unpack_from(frame)[0] <= per:
+        return [frame]
+    bounds = frame_slices(frame, per)
+    if bounds is None:
+        return [frame]
+    count = _COUNT.unpack_from(frame)[0]
+    return [_COUNT.pack(min(per, count - i * per)) + frame[start:end]
+            for i, (start, end) in enumerate(pairwise(bounds))]
+
+
 def encode_ticks_python(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
     """The reference path: decode to the official client's dicts, then JSON."""
     ticks = decode_frame(frame, to_datetime=times)
@@ -121,22 +144,37 @@ class TickPipeline:
     async def run(self) -> None:
         """Publish frames until cancelled."""
         # Encoding a 3000-packet frame takes milliseconds. The C encoder releases the GIL while
-        # it writes, so on a thread of its own it leaves the event loop free to serve subscribes
+        # it writes, so on threads of their own it leaves the event loop free to serve subscribes
         # and /health meanwhile (benchmarks/bench_decode.py: the loop's lateness p50 drops from
-        # ~11 ms with the GIL held to ~0.1 ms). Two stages, so that the next frame of a step is
-        # encoded while the last one is being published, in order.
+        # ~11 ms with the GIL held to ~0.1 ms). A frame is cut into slices that encode on two
+        # threads at once while the slices before them are published, in order: a step's frames
+        # arrive together, and the first ticks of each should not wait for all the others.
         loop = asyncio.get_running_loop()
         encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]] = \
             asyncio.Queue(PIPELINE_DEPTH)
-        with ThreadPoolExecutor(1, thread_name_prefix="tick-decode") as decoder:
+        with ThreadPoolExecutor(ENCODERS, thread_name_prefix="tick-decode") as decoder:
             publisher = asyncio.create_task(self._publish_in_order(encoded), name="tick-publish")
             try:
                 while True:
                     frame = await self.queue.get()
-                    await encoded.put((frame, loop.run_in_executor(
-                        decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)))
+                    for part in split_frame(frame):
+                        await encoded.put((part, self._encode(loop, decoder, part)))
             finally:
                 publisher.cancel()
+
+    def _encode(self, loop: asyncio.AbstractEventLoop, decoder: ThreadPoolExecutor,
+                frame: bytes) -> asyncio.Future[tuple[bytes, list[int]]]:
+        """Encode on a decoder thread; a small frame (a subscribe's answer, a quiet connection's
+        step) right here, as the thread hop would cost more than the encoding."""
+        if len(frame) > INLINE_BYTES:
+            return loop.run_in_executor(
+                decoder, encode_ticks, frame, self.is_mock, self.times, self.decode)
+        done: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
+        try:
+            done.set_result(encode_ticks(frame, self.is_mock, self.times, self.decode))
+        except Exception as exc:  # noqa: BLE001 - raised where the publisher awaits it
+            done.set_exception(exc)
+        return done
 
     async def _publish_in_order(
         self, encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]]

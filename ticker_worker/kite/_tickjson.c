@@ -58,15 +58,19 @@ static int out_uint(Out *o, uint32_t v) {
     return out_str(o, tmp + i, (size_t)(10 - i));
 }
 
+#include "_fastdouble.h"
+
 static int out_double(Out *o, double v) {
-    /* 15 significant digits when they parse back to the same double (every decimal of up to 15
-     * digits survives the round trip, so short values print as Python prints them), else 17,
-     * which always do. Skipping the 16-digit try keeps this at two formats at most; the value
-     * parsed back is identical either way. PyOS_double_to_string would need the GIL. snprintf
-     * and strtod follow LC_NUMERIC, which Python leaves at "C". A ".0" keeps integral values
-     * floats, as Python's repr does. */
+    /* Python prints the shortest text that parses back to the same double; this prints 15
+     * significant digits when they do, else 17, which always do (`fast_double`, with
+     * snprintf for exponents and anything it declines). The value parsed back is identical
+     * either way. PyOS_double_to_string would need the GIL. snprintf and strtod follow
+     * LC_NUMERIC, which Python leaves at "C". A ".0" keeps integral values floats, as Python's
+     * repr does. */
     char s[40];
-    int n = snprintf(s, sizeof s - 2, "%.15g", v);
+    int n = fast_double(s, v);
+    if (n > 0) return out_str(o, s, (size_t)n);
+    n = snprintf(s, sizeof s - 2, "%.15g", v);
     if (n > 0 && n < (int)sizeof s - 2 && strtod(s, NULL) != v)
         n = snprintf(s, sizeof s - 2, "%.17g", v);
     if (n < 0 || n >= (int)sizeof s - 2) return -1;
@@ -323,10 +327,46 @@ static PyObject *frame_to_json(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* Byte offsets that cut a frame's packets into runs of at most `per` packets: the start of the
+ * first packet, the start of every per-th one after it, and the end of the last. Walks only the
+ * `count` packets the header claims and checks each against the frame's size, as `validate`. */
+static PyObject *frame_slices(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t per;
+    if (!PyArg_ParseTuple(args, "y*n", &view, &per)) return NULL;
+    const unsigned char *data = view.buf;
+    Py_ssize_t size = view.len, pos = 2;
+    PyObject *bounds = per > 0 && size >= 2 ? PyList_New(0) : NULL;
+    uint16_t count = size >= 2 ? u16(data) : 0;
+    for (uint16_t i = 0; bounds != NULL && i <= count; i++) {
+        if (i % per == 0 || i == count) {
+            PyObject *at = PyLong_FromSsize_t(pos);
+            int failed = at == NULL || PyList_Append(bounds, at) < 0;
+            Py_XDECREF(at);
+            if (failed) Py_CLEAR(bounds);
+        }
+        if (bounds == NULL || i == count) break;
+        if (pos + 2 > size) {
+            Py_CLEAR(bounds);
+            break;
+        }
+        uint16_t len = u16(data + pos);
+        pos += 2 + (Py_ssize_t)len;
+        if (pos > size || len < 4) Py_CLEAR(bounds);
+    }
+    PyBuffer_Release(&view);
+    if (bounds == NULL && !PyErr_Occurred()) return Py_NewRef(Py_None);
+    return bounds;
+}
+
 static PyMethodDef methods[] = {
     {"frame_to_json", frame_to_json, METH_VARARGS,
      "frame_to_json(frame: bytes, is_mock: bool, release_gil: bool = True)\n"
      "-> (json_bytes, tokens), or None when the frame is malformed."},
+    {"frame_slices", frame_slices, METH_VARARGS,
+     "frame_slices(frame: bytes, per: int)\n"
+     "-> byte offsets cutting the packets into runs of at most `per`, or None when malformed."},
     {NULL, NULL, 0, NULL},
 };
 

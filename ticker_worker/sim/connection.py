@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +27,8 @@ _COUNT = struct.Struct(">H")
 #: Refusals kept per connection for `/_sim/stats` (the count keeps growing past it).
 MAX_REFUSALS_KEPT = 20
 _PACKERS = ("ltp_packet", "quote_packet", "full_packet")
+#: Step frames whose send times are kept for `/_sim/sends`.
+SENDS_KEPT = 512
 
 
 class Connection:
@@ -52,6 +55,10 @@ class Connection:
         # Tokens the universe knows, by mode; unknown tokens are accepted but never tick.
         self.feeds: tuple[dict[int, TokenState], ...] = ({}, {}, {})
         self.pending: deque[bytes | str] = deque()
+        # id() of each queued step frame -> its step; (step, write began, write ended) of those
+        # sent. An id is unique while its frame waits in `pending`.
+        self._step_of: dict[int, int] = {}
+        self.sends: deque[tuple[int, float, float]] = deque(maxlen=SENDS_KEPT)
         self._wakeup = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
@@ -130,6 +137,11 @@ class Connection:
         self.pending.append(message)
         self._wakeup.set()
 
+    def push_step(self, step: int, frame: bytes) -> None:
+        """Queue a step's frame; its send times are recorded under `step`."""
+        self._step_of[id(frame)] = step
+        self.push(frame)
+
     def push_error(self, message: str) -> None:
         """Queue a Kite-style text error; the official client calls `on_error(ws, 0, message)`."""
         self.push(orjson.dumps({"type": "error", "data": message}).decode())
@@ -147,7 +159,14 @@ class Connection:
                             await self._send(HEARTBEAT)
                     continue
                 message = self.pending.popleft()
-                if not self.account.muted:
+                if self.account.muted:
+                    continue
+                step = self._step_of.pop(id(message), None)
+                if step is not None:
+                    began = time.monotonic()
+                    await self._send(message)
+                    self.sends.append((step, began, time.monotonic()))
+                else:
                     await self._send(message)
         except ConnectionError:
             log.debug("connection %s went away while sending", self.id)

@@ -1,4 +1,5 @@
-"""Fault injection and introspection under `/_sim/`: drop, mute, expire, restore, stats, clock.
+"""Fault injection and introspection under `/_sim/`: drop, mute, expire, restore, stats, sends,
+clock.
 
 These answer plain JSON objects (not Kite's envelope); they need no credentials.
 """
@@ -102,6 +103,11 @@ async def stats(request: web.Request) -> web.Response:
     return _plain(sim.hub.stats(sim.accounts.by_key.values(), with_tokens))
 
 
+async def sends(request: web.Request) -> web.Response:
+    """When each recent step was built and each connection's frame of it began to leave."""
+    return _plain(request.app[SIMULATOR].hub.sends())
+
+
 async def reset(request: web.Request) -> web.Response:
     """Drop every socket; clear statistics, fault states, rate windows and prices."""
     sim = request.app[SIMULATOR]
@@ -129,5 +135,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/_sim/restore", restore)
     router.add_post("/_sim/reset", reset)
     router.add_get("/_sim/stats", stats)
+    router.add_get("/_sim/sends", sends)
     router.add_get("/_sim/clock", clock)
     router.add_post("/_sim/clock", clock)

@@ -1,7 +1,8 @@
 """The ticker feed: open connections, their subscriptions, and the clock that streams ticks.
 
 One global clock advances every subscribed instrument once per interval; each connection then
-gets one binary frame with that step's packet for each of its instruments, in its chosen mode.
+gets one binary frame with that step's packet for each of its instruments, in its chosen mode;
+all of a step's frames are built before any is queued, so they leave together.
 A subscribe or mode change is answered at once with the current packets of the tokens it touched
 (see `connection.py`).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 #: A connection this many frames behind is skipped for a step (its ticks are dropped and
 #: counted) rather than buffered without bound; volume still shows the consumer the gap.
 MAX_PENDING_FRAMES = 4
+#: Instruments advanced between two yields to the event loop within a step.
+ADVANCE_CHUNK = 2000
+#: Steps kept for `/_sim/sends`.
+STEPS_KEPT = 512
 
 
 class Hub:
@@ -58,6 +64,9 @@ class Hub:
         self.slow_consumers_closed = 0
         self.high_water = 0  # the most tokens any connection held, closed ones included
         self.refused_total = 0
+        self.steps = 0
+        # (step, started, instruments advanced, frames queued), monotonic seconds
+        self.step_log: deque[tuple[int, float, float, float]] = deque(maxlen=STEPS_KEPT)
 
     def of(self, api_key: str) -> list[Connection]:
         """The open connections of one api key."""
@@ -160,21 +169,51 @@ class Hub:
             await self.step(int(self.now()))
 
     async def step(self, now: int) -> None:
-        """Advance every live instrument once, then queue one frame per connection."""
+        """Advance every live instrument once, then queue one frame per connection.
+
+        The advance yields to the loop every `ADVANCE_CHUNK` instruments, so a subscribe that
+        arrives meanwhile is answered within milliseconds, not after the whole step. The frames
+        are all built first and queued together with no yield in between, so every
+        connection's frame of a step starts leaving at the same moment (`sends`).
+        """
+        self.steps += 1
+        started = time.monotonic()
         closed = self.closed_segments(now)
-        for state in self.live.values():
-            if not closed or state.token & 0xFF not in closed:
-                state.advance(now)
+        states = list(self.live.values())
+        for at in range(0, len(states), ADVANCE_CHUNK):
+            if at:
+                await asyncio.sleep(0)
+            for state in states[at:at + ADVANCE_CHUNK]:
+                if not closed or state.token & 0xFF not in closed:
+                    state.advance(now)
+        advanced = time.monotonic()
+        frames: list[tuple[Connection, bytes]] = []
         for conn in list(self.connections.values()):
-            if conn.account.muted or conn.id not in self.connections:
+            if conn.account.muted:
                 continue
             if len(conn.pending) >= MAX_PENDING_FRAMES:
                 self.ticks_dropped += sum(len(feed) for feed in conn.feeds)
                 continue
             frame = conn.frame(closed)
             if frame is not None:
-                conn.push(frame)
-                await asyncio.sleep(0)  # let senders start writing while we build the rest
+                frames.append((conn, frame))
+        for conn, frame in frames:
+            conn.push_step(self.steps, frame)
+        self.step_log.append((self.steps, started, advanced, time.monotonic()))
+
+    def sends(self) -> dict[str, Any]:
+        """The `/_sim/sends` document: when each step was built and each frame began to leave.
+
+        Times are `time.monotonic()` of this process (CLOCK_MONOTONIC, the clock a benchmark's
+        `time.perf_counter()` reads on Linux), so another process on the host can compare them.
+        """
+        return {
+            "steps": [list(entry) for entry in self.step_log],
+            "connections": [
+                {"id": c.id, "api_key": c.account.api_key, "sends": [list(s) for s in c.sends]}
+                for c in self.connections.values()
+            ],
+        }
 
     def stats(self, accounts: Iterable[Account], with_tokens: bool) -> dict[str, Any]:
         """The `/_sim/stats` document."""
@@ -211,3 +250,4 @@ class Hub:
             conn.abort()
             self.close(conn)
         self.ticks_dropped = self.slow_consumers_closed = self.high_water = self.refused_total = 0
+        self.step_log.clear()

@@ -8,7 +8,8 @@ PYTHON ?= python3
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The C accelerator is compiled by the editable install: a changed source rebuilds it.
+$(VENV)/.installed: pyproject.toml setup.py ticker_worker/kite/_tickjson.c ticker_worker/kite/_fastdouble.h
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev]'

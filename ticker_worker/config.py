@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     tick_flush_interval: float = Field(default=1.0, gt=0)
     last_tick_flush_interval: float = Field(default=15.0, gt=0)
     subscribe_batch_size: int = Field(default=1000, ge=1, le=3000)
+    # Ticks per message on `{prefix}:ticks`: 0 publishes one Kite frame per message (DESIGN
+    # 4.3); N cuts a big frame into arrays of at most N ticks, in order, so the first ticks of
+    # a step's later frames need not wait for the whole of the earlier ones.
+    tick_message_ticks: int = Field(default=0, ge=0, le=3000)
     # A new subscription's first tick is its acknowledgement: re-sent once after this long,
     # then shown as awaiting its first tick (DESIGN 3.7).
     ack_timeout: float = Field(default=3.0, gt=0)

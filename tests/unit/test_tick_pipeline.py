@@ -1,5 +1,6 @@
-"""The tick pipeline publishes every frame's ticks in arrival order, sliced or not, and a
-malformed frame between good ones stops nothing."""
+"""The tick pipeline publishes every frame's ticks in arrival order, one message per frame (or
+in slices when TICK_MESSAGE_TICKS asks for them), and a malformed frame between good ones stops
+nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import struct
 
 import orjson
+import pytest
 
 from ticker_worker.holder.ticks import SLICE_PACKETS, TickPipeline
 from ticker_worker.kite import codec
@@ -28,24 +30,41 @@ def ltp_frame(first: int, count: int) -> bytes:
                                for i in range(count)])
 
 
-def test_frames_big_and_small_come_out_whole_and_in_order() -> None:
-    malformed = b"\x00\x02" + struct.pack(">HII", 8, 9999 << 8 | 1, 1)  # promises 2, holds 1
-    frames = [ltp_frame(1, 2 * SLICE_PACKETS + 3), ltp_frame(5000, 1), malformed,
-              ltp_frame(6000, SLICE_PACKETS + 1), ltp_frame(8000, 2)]
-    expected = [t for f in frames if f is not malformed for t in codec.frame_tokens(f)]
+MALFORMED = b"\x00\x02" + struct.pack(">HII", 8, 9999 << 8 | 1, 1)  # promises 2, holds 1
+FRAMES = [ltp_frame(1, 2 * SLICE_PACKETS + 3), ltp_frame(5000, 1), MALFORMED,
+          ltp_frame(6000, SLICE_PACKETS + 1), ltp_frame(8000, 2)]
+
+
+def published(message_ticks: int) -> list[bytes]:
+    """What the pipeline publishes for FRAMES."""
+    expected = [t for f in FRAMES if f is not MALFORMED for t in codec.frame_tokens(f)]
     redis = RecordingRedis()
 
-    async def body() -> list[int]:
-        pipeline = TickPipeline(redis, "ticks", is_mock=False)  # type: ignore[arg-type]
+    async def body() -> None:
+        pipeline = TickPipeline(redis, "ticks", is_mock=False,  # type: ignore[arg-type]
+                                message_ticks=message_ticks)
         task = asyncio.create_task(pipeline.run())
-        for frame in frames:
+        for frame in FRAMES:
             await pipeline.put(frame)
         last = expected[-1]
         while not any(t["instrument_token"] == last
                       for b in redis.bodies[-1:] for t in orjson.loads(b)):
             await asyncio.sleep(0.01)  # the barrier: the last frame's last tick is out
         task.cancel()
-        return [t["instrument_token"] for b in redis.bodies for t in orjson.loads(b)]
 
-    assert asyncio.run(asyncio.wait_for(body(), 20)) == expected
-    assert max(len(orjson.loads(b)) for b in redis.bodies) == SLICE_PACKETS
+    asyncio.run(asyncio.wait_for(body(), 20))
+    assert [t["instrument_token"] for b in redis.bodies for t in orjson.loads(b)] == expected
+    return redis.bodies
+
+
+def test_by_default_each_frame_is_one_message_whole_and_in_order() -> None:
+    bodies = published(0)
+    assert [len(orjson.loads(b)) for b in bodies] == [2 * SLICE_PACKETS + 3, 1,
+                                                      SLICE_PACKETS + 1, 2]
+
+
+@pytest.mark.parametrize("per", [SLICE_PACKETS, 7])
+def test_asked_for_slices_big_frames_go_out_in_order_in_arrays_of_at_most_n(per: int) -> None:
+    bodies = published(per)
+    assert max(len(orjson.loads(b)) for b in bodies) == per
+    assert len(bodies) > 4

@@ -67,7 +67,8 @@ class HolderApp:
         self.lease = LeaseKeeper(self.db, self.aredis, rt.keys, s.lease_ttl,
                                  self._on_active, self._on_standby)
         self.store = PgStore(self.db, self.lease.current_epoch)
-        self.ticks = TickPipeline(self.aredis, rt.keys.ticks, s.uses_simulator)
+        self.ticks = TickPipeline(self.aredis, rt.keys.ticks, s.uses_simulator,
+                                  message_ticks=s.tick_message_ticks)
         self.ticks.gate = self.lease.may_publish
         self.relay = RelayLoop(Relay(rt.engine, rt.redis, rt.keys, celery_app), self.aredis,
                                self.lease.current_epoch, lambda: self.core.placing,

@@ -1,6 +1,8 @@
 """Ticks: decode each Kite frame, publish it as JSON arrays on `{prefix}:ticks`, note times.
 
-A big frame goes out as several arrays of at most `SLICE_PACKETS` ticks, in the frame's order.
+A frame is published as one JSON array (DESIGN 4.3: one Kite frame's worth per message); a big
+one is encoded as slices of `SLICE_PACKETS` on two threads at once and the slices joined. With
+`TICK_MESSAGE_TICKS=N` the slices (of at most N ticks) go out as messages of their own, in order.
 
 Frames pass through one bounded queue: a slow Redis slows the sockets' reads (backpressure)
 instead of growing memory without bound. Tick times go to Postgres in batches, never per tick.
@@ -32,8 +34,7 @@ except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_slices = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-#: A frame is published as messages of at most this many ticks, so the first of a 3,000-packet
-#: frame reach Redis after a sixth of its encoding, not after all of it.
+#: A big frame is encoded in slices of this many ticks, two at a time (see `run`).
 SLICE_PACKETS = 500
 PIPELINE_DEPTH = 8  # slices encoded ahead of the one being published
 ENCODERS = 2  # threads; the C encoder runs without the GIL, so two slices encode at once
@@ -103,6 +104,13 @@ def split_frame(frame: bytes, per: int = SLICE_PACKETS) -> list[bytes]:
             for i, (start, end) in enumerate(pairwise(bounds))]
 
 
+async def _joined(jobs: list[asyncio.Future[tuple[bytes, list[int]]]]) -> tuple[bytes, list[int]]:
+    """One frame's slices as one JSON array, in order (each slice is a non-empty array)."""
+    done = await asyncio.gather(*jobs)
+    tokens = [t for _, part in done for t in part]
+    return b"[" + b",".join(body[1:-1] for body, part in done if part) + b"]", tokens
+
+
 def encode_ticks_python(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
     """The reference path: decode to the official client's dicts, then JSON."""
     ticks = decode_frame(frame, to_datetime=times)
@@ -116,8 +124,9 @@ class TickPipeline:
     """Consumes frames from the connections and publishes them."""
 
     def __init__(self, client: aioredis.Redis, channel: str, is_mock: bool,
-                 maxsize: int = 1000) -> None:
+                 maxsize: int = 1000, message_ticks: int = 0) -> None:
         self.redis, self.channel, self.is_mock = client, channel, is_mock
+        self.message_ticks = message_ticks  # 0: one message per frame; N: slices of N ticks
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
         self.times = IsoTimes()
         # Tick times go to Postgres in two tempos: the first tick of a new subscription (its
@@ -157,8 +166,13 @@ class TickPipeline:
             try:
                 while True:
                     frame = await self.queue.get()
-                    for part in split_frame(frame):
-                        await encoded.put((part, self._encode(loop, decoder, part)))
+                    parts = split_frame(frame, self.message_ticks or SLICE_PACKETS)
+                    if self.message_ticks or len(parts) == 1:
+                        for part in parts:
+                            await encoded.put((part, self._encode(loop, decoder, part)))
+                    else:
+                        jobs = [self._encode(loop, decoder, part) for part in parts]
+                        await encoded.put((frame, asyncio.ensure_future(_joined(jobs))))
             finally:
                 publisher.cancel()
 

@@ -105,9 +105,6 @@ class Relay:
         return pipe
 
     def _enqueue_backfills(self, events: Sequence[dict[str, Any]]) -> None:
-        # ignore_result: nobody reads a backfill's result (its done-marker is its own key), and
-        # a result would cost a pub/sub SUBSCRIBE and UNSUBSCRIBE per enqueue in this process
-        # and a Redis key per backfill on the worker.
         owed = [e for e in events if e["event_type"] in (EventType.CREATED, EventType.GAP)]
         if not owed:
             return
@@ -119,11 +116,11 @@ class Relay:
                     self.celery.send_task(
                         "ticker_worker.backfill", args=[token], queue=GAP_QUEUE,
                         kwargs={"start": start, "end": end}, task_id=event["event_id"],
-                        producer=producer, ignore_result=True)
+                        producer=producer)
                 else:
                     self.celery.send_task("ticker_worker.backfill", args=[token],
                                           queue=BACKFILL_QUEUE, task_id=event["event_id"],
-                                          producer=producer, ignore_result=True)
+                                          producer=producer)
 
     def _log(self, events: Sequence[dict[str, Any]]) -> None:
         self.published += len(events)

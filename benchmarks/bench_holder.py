@@ -182,9 +182,10 @@ def report_bulk(runs: list[dict[str, Any]]) -> None:
     seconds = [b["seconds_to_active"] for b in runs]
     rss = [b["holder_rss_mb"] for b in runs]
     print(f"\nbulk: {runs[0]['instruments']} instruments active in {h.spread(seconds, '{:.2f}')} s"
-              f" (median [min-max] of {len(runs)} runs) [target <= 5 s at the worst run]; holder "
-              f"RSS {h.spread(rss, '{:.0f}')} MB with {min(b['streaming'] for b in runs)} streaming "
-              f"[target <= 150 MB]")
+          f" (median [min-max] of {len(runs)} runs) [target <= 5 s at the worst run]; holder "
+          f"RSS {h.spread(rss, '{:.0f}')} MB with {min(b['streaming'] for b in runs)} streaming "
+          f"[target <= 150 MB]")
+    print("runs: " + ", ".join(f"{s:.2f} s / {m:.0f} MB" for s, m in zip(seconds, rss, strict=True)))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 
 from ticker_worker.core.placement import Layout, Slot
 
+# New rows placed per reconcile pass: a bulk change goes in slices, so no pass holds more than
+# this many rows, events and statement parameters at once. 2,000 rather than 4,000: the holder's
+# RSS at 27,000 streaming fell by about 15 MB (less of each slice's peak stays behind in the
+# allocators) and the bulk took no longer.
+PASS_LIMIT = 2000
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Desired:
     """A subscriptions row as the holder reads it."""
 
@@ -32,9 +38,10 @@ class Desired:
     expired: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placed:
-    """Where an instrument streams now, and in which mode."""
+    """Where an instrument streams now, and in which mode (one per streaming instrument, so
+    slotted: 27,000 of them live as long as the holder)."""
 
     account: str
     connection: int

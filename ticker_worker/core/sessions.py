@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 
-import holidays
-
 from ticker_worker.core.ist import IST
 
 SATURDAY = 5
@@ -63,6 +61,10 @@ def hours_for_token(token: int) -> Hours:
 
 @lru_cache(maxsize=64)
 def _holidays(calendar: str, year: int) -> dict[date, str]:
+    # Imported on first use: the package and its calendars cost ~3 MB of RSS, and a holder
+    # needs them only if it asks about a day's session (mock ticks outside market hours).
+    import holidays
+
     return dict(holidays.financial_holidays(calendar, years=year))
 
 

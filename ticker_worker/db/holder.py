@@ -7,6 +7,7 @@ writer's epoch is the lease's (db/lease.py), so a holder that lost its lease wri
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ import orjson
 from sqlalchemy import Connection, text
 
 from ticker_worker.core import outcomes
-from ticker_worker.core.reconcile import Desired, Plan
+from ticker_worker.core.reconcile import PASS_LIMIT, Desired, Plan
 from ticker_worker.db import instruments
 from ticker_worker.db.lease import FENCE, Fenced
 
@@ -47,7 +48,6 @@ WHERE s.generation <> s.observed_generation {named}
 """
 # A bulk change is taken in slices, so one pass never holds 27,000 events in memory at once.
 _DIRTY_ALL = text(_DIRTY.format(named="ORDER BY s.instrument_token LIMIT :limit"))
-PASS_LIMIT = 4000
 _DIRTY_NAMED = text(_DIRTY.format(named="AND s.instrument_token = ANY(CAST(:tokens AS bigint[]))"))
 
 Metadata = dict[int, dict[str, Any]]
@@ -58,13 +58,16 @@ def read_desired(
 ) -> tuple[list[Desired], Metadata]:
     """Every wanted and dirty row (full); else the dirty rows (only those of `tokens` when
     given, read by primary key), with their event metadata."""
+    # Modes interned: each placed instrument keeps its mode as long as it streams, and the
+    # driver hands every row a fresh copy of the string.
     if full:
-        return [Desired(*row) for row in conn.execute(_FULL)], {}
+        return [Desired(r[0], sys.intern(r[1]), *r[2:]) for r in conn.execute(_FULL)], {}
     desired, meta = [], {}
     rows = conn.execute(_DIRTY_NAMED, {"tokens": list(tokens)}) if tokens else \
         conn.execute(_DIRTY_ALL, {"limit": PASS_LIMIT})
     for r in rows:
-        desired.append(Desired(r[0], r[1], r[2], r[3], r[4], r[5], r[6], True, r[7], r[8]))
+        desired.append(Desired(r[0], sys.intern(r[1]), r[2], r[3], r[4], r[5], r[6], True,
+                               r[7], r[8]))
         meta[r.instrument_token] = instruments.metadata_of(r)
     return desired, meta
 

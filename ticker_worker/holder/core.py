@@ -21,14 +21,13 @@ from ticker_worker.core import wire
 from ticker_worker.core.events import gap_event
 from ticker_worker.core.gaps import Gap, GapBook
 from ticker_worker.core.placement import Layout, Slot
-from ticker_worker.core.reconcile import Placed, Plan, plan
+from ticker_worker.core.reconcile import PASS_LIMIT, Placed, Plan, plan
 from ticker_worker.db.accounts import AccountRow
 from ticker_worker.errors import Fenced
 from ticker_worker.holder.accounts import AccountState
 from ticker_worker.holder.ports import Clock, Event, Link, LinkFactory, Publisher, Store, TickSink
 
 log = logging.getLogger(__name__)
-PASS_LIMIT = 4000  # new rows placed per pass: a bulk change goes in slices
 AUTH_REASON = "access token rejected by Kite (403): run `ticker-worker accounts login` or set-token"
 
 

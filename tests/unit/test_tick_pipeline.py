@@ -10,6 +10,7 @@ import struct
 import orjson
 import pytest
 
+from ticker_worker.holder import ticks
 from ticker_worker.holder.ticks import SLICE_PACKETS, TickPipeline
 from ticker_worker.kite import codec
 
@@ -65,6 +66,8 @@ def test_by_default_each_frame_is_one_message_whole_and_in_order() -> None:
 
 @pytest.mark.parametrize("per", [SLICE_PACKETS, 7])
 def test_asked_for_slices_big_frames_go_out_in_order_in_arrays_of_at_most_n(per: int) -> None:
+    if ticks.frame_slices is None:  # CI fails in test_tickjson.test_accelerator_is_built
+        pytest.skip("slicing needs the C accelerator (without it, frames go out whole)")
     bodies = published(per)
     assert max(len(orjson.loads(b)) for b in bodies) == per
     assert len(bodies) > 4

@@ -2,8 +2,10 @@
 `active` true: every placed instrument is acknowledged by its first tick, re-placed when Kite
 refuses it, and every silence of it becomes a `stream_gap` event.
 
-It does no I/O of its own: Postgres, Kite connections, Redis and time come in through the ports
-of holder/ports.py, so the unit suite drives it with fakes and a hand-turned clock.
+What the connections report, and the settle pass that answers it, are in holder/signals.py
+(ConnectionSignals, a part of this class). It does no I/O of its own: Postgres, Kite
+connections, Redis and time come in through the ports of holder/ports.py, so the unit suite
+drives it with fakes and a hand-turned clock.
 """
 
 from __future__ import annotations
@@ -12,23 +14,21 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 from ticker_worker.config import Settings
 from ticker_worker.core import wire
-from ticker_worker.core.events import gap_event
-from ticker_worker.core.gaps import Gap, GapBook
+from ticker_worker.core.gaps import GapBook
 from ticker_worker.core.placement import Layout, Slot
 from ticker_worker.core.reconcile import PASS_LIMIT, Placed, Plan, plan
 from ticker_worker.db.accounts import AccountRow
 from ticker_worker.errors import Fenced
 from ticker_worker.holder.accounts import AccountState
-from ticker_worker.holder.ports import Clock, Event, Link, LinkFactory, Publisher, Store, TickSink
+from ticker_worker.holder.ports import Clock, Link, LinkFactory, Publisher, Store, TickSink
+from ticker_worker.holder.signals import ConnectionSignals
 
 log = logging.getLogger(__name__)
-AUTH_REASON = "access token rejected by Kite (403): run `ticker-worker accounts login` or set-token"
 
 
 def _left(result: Plan) -> list[int]:
@@ -40,7 +40,7 @@ def _left(result: Plan) -> list[int]:
             + [d.token for d in result.removed])
 
 
-class HolderCore:
+class HolderCore(ConnectionSignals):
     """Keeps every wanted instrument streaming on exactly one connection, and says so truly."""
 
     def __init__(self, settings: Settings, store: Store, open_link: LinkFactory,
@@ -177,11 +177,6 @@ class HolderCore:
             if (conn := self._existing(slot)) is not None:
                 await conn.apply([wire.Message(slot, "unsubscribe", tuple(batch))])
 
-    def _existing(self, slot: Slot) -> Link | None:
-        """The connection of `slot` if it is open (never opens one)."""
-        state = self.accounts.get(slot[0])
-        return state.connections.get(slot[1]) if state else None
-
     async def _retire_unusable(self) -> None:
         held = {slot for slot in self.releases.values()}
         for state in self.accounts.values():
@@ -197,48 +192,7 @@ class HolderCore:
                  sum(len(t) for m in result.set_mode.values() for t in m.values()),
                  len(result.touched()))
 
-    # ---- the settle pass: acknowledgements, releases, gaps ----------------------------------
-
-    async def settle(self) -> None:
-        """Free the old slots of confirmed moves, re-send silent subscribes once, note what is
-        still awaiting its first tick, and turn closed gaps into events."""
-        now, timeout = self.clock.monotonic(), self.settings.ack_timeout
-        awaiting: list[int] = []
-        for conn in self.links():
-            due = conn.acks.due_for_resend(now, timeout)
-            if due:
-                log.info("%d token(s) without a first tick after %.1f s: sending again",
-                         len(due), timeout, extra={"account": conn.account,
-                                                    "connection": conn.index})
-                await conn.resend(due)
-            awaiting += conn.acks.awaiting(now, timeout)
-        self.awaiting = sorted(awaiting)
-        # A moved token is released once its new connection ticked, or once it is known to
-        # be a silent one there (awaiting): the old connection is of no more use to it.
-        ready = self.confirmed | (set(self.awaiting) & set(self.releases))
-        if ready:
-            await self._release(sorted(ready))
-        await self.flush_gaps()
-
-    async def flush_gaps(self) -> None:
-        """Write and publish the gaps closed since the last flush."""
-        closed = self.gaps.take()
-        if not closed:
-            return
-        events = [self._gap_event(g) for g in closed]
-        try:
-            await self.store.record_events(events)
-        except Exception:
-            self.gaps.restore(closed)
-            raise
-        await self.publisher.publish(events)
-        log.info("%d stream gap(s) reported", len(events))
-
-    @staticmethod
-    def _gap_event(gap: Gap) -> Event:
-        return gap_event(gap.token, gap.mode, gap.generation, gap.account, gap.connection,
-                         datetime.fromtimestamp(gap.start, UTC),
-                         datetime.fromtimestamp(gap.end, UTC), gap.reason)
+    # ---- taking over and standing down -------------------------------------------------------
 
     async def resume(self) -> int:
         """Starting or taking over: every row still active has been silent since its last
@@ -255,10 +209,6 @@ class HolderCore:
         and let connections open again."""
         self._forget()
         self.stood_down = False
-
-    def links(self) -> list[Link]:
-        """Every open connection."""
-        return [c for s in self.accounts.values() for c in s.connections.values()]
 
     async def close(self) -> None:
         """Close every connection; forget what they held and what they owed. A standby holds
@@ -277,82 +227,3 @@ class HolderCore:
         self.refused.clear()
         self.awaiting = []
         self.gaps.open.clear()
-
-    # ---- what the connections report (LinkEvents) --------------------------------------------
-
-    async def on_frame(self, conn: Any, frame: bytes) -> None:
-        """A market-data frame: to the tick pipeline."""
-        await self.ticks.put(frame)
-
-    def on_connected(self, conn: Any) -> None:
-        """Level-triggered: every (re)connect is followed by a pass."""
-        self.ask(False)
-
-    def on_acked(self, conn: Any, tokens: list[int]) -> None:
-        """First ticks on `conn`: close their gaps, confirm the moves to it."""
-        self.gaps.end(tokens, self.clock.time())
-        for t in tokens:
-            placed = self.actual.get(t)
-            if t in self.releases and placed is not None and placed.slot == (conn.account,
-                                                                              conn.index):
-                self.confirmed.add(t)
-
-    def on_lost(self, conn: Any, reason: str) -> None:
-        """A connection went away: each instrument that streamed only through it is silent from
-        its last tick. A moving one streams on its old and its new connection until the new one
-        confirms it: losing one leaves the other, and voids the lost one's confirmation."""
-        slot = (conn.account, conn.index)
-        self.confirmed -= {t for t in conn.tokens if self._home(t) == slot}
-        mine = [t for t in conn.tokens if self._silenced(t, slot)]
-        last, lost_at = self.ticks.last_tick, self.clock.time()
-        opened = self.gaps.begin(mine, lambda t: last.get(t, lost_at), self._placed_of,
-                                 conn.account, conn.index, reason)
-        if opened:
-            log.warning("connection %s: %d instrument(s) silent until resubscribed", reason,
-                        opened, extra={"account": conn.account, "connection": conn.index})
-
-    def _home(self, token: int) -> Slot | None:
-        placed = self.actual.get(token)
-        return placed.slot if placed else None
-
-    def _silenced(self, token: int, slot: Slot) -> bool:
-        """Whether losing `slot` leaves `token` streaming through no connection."""
-        old = self.releases.get(token)
-        if self._home(token) == slot:
-            held = self._existing(old) if old else None
-            return held is None or not held.connected
-        return old == slot and token not in self.confirmed
-
-    def _placed_of(self, token: int) -> tuple[str, int]:
-        placed = self.actual.get(token)
-        return (placed.mode, placed.generation) if placed else ("full", 0)
-
-    def on_auth_rejected(self, conn: Any) -> None:
-        """403 at the handshake: the account is unhealthy now; move its instruments at once."""
-        state = self.accounts.get(conn.account)
-        if state is None or state.auth_failed:
-            return
-        state.auth_failed = True
-        self.spawn(self.store.mark_unhealthy(state.name, AUTH_REASON))
-        self.ask(True)
-
-    def on_refused(self, conn: Any, tokens: list[int], reason: str) -> None:
-        """Kite refused these on `conn`: place them again elsewhere, or queue them."""
-        slot = (conn.account, conn.index)
-        for t in tokens:
-            placed = self.actual.get(t)
-            if placed is not None and placed.slot == slot:
-                del self.actual[t]
-                self.refused[t] = reason
-        self.ask(True)
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` in the background, keeping its task referenced and its failure logged."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("background task failed: %r", task.exception())

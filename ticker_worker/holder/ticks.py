@@ -1,8 +1,8 @@
 """Ticks: decode each Kite frame, publish it as JSON arrays on `{prefix}:ticks`, note times.
 
-A frame is published as one JSON array (DESIGN 4.3: one Kite frame's worth per message); a big
-one is encoded as slices of `SLICE_PACKETS` on two threads at once and the slices joined. With
-`TICK_MESSAGE_TICKS=N` the slices (of at most N ticks) go out as messages of their own, in order.
+A frame is published as one JSON array (DESIGN 4.3: one Kite frame's worth per message), the
+frames of a step encoded on two threads at once. With `TICK_MESSAGE_TICKS=N` a frame is cut into
+slices of at most N ticks that go out as messages of their own, in order.
 
 Frames pass through one bounded queue: a slow Redis slows the sockets' reads (backpressure)
 instead of growing memory without bound. Tick times go to Postgres in batches, never per tick.
@@ -34,10 +34,10 @@ except ImportError:  # built without a C compiler: the pure-Python path serves
     frame_slices = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
-#: A big frame is encoded in slices of this many ticks, two at a time (see `run`).
+#: `split_frame`'s default slice size.
 SLICE_PACKETS = 500
-PIPELINE_DEPTH = 8  # slices encoded ahead of the one being published
-ENCODERS = 2  # threads; the C encoder runs without the GIL, so two slices encode at once
+PIPELINE_DEPTH = 8  # messages encoded ahead of the one being published
+ENCODERS = 2  # threads; the C encoder runs without the GIL, so two frames encode at once
 INLINE_BYTES = 4096  # frames up to this size (about 90 quote packets) encode on the loop
 _COUNT = struct.Struct(">H")
 #: Which encoder turns frames into JSON: "c" (the accelerator) or "python" (the fallback).
@@ -104,13 +104,6 @@ def split_frame(frame: bytes, per: int = SLICE_PACKETS) -> list[bytes]:
             for i, (start, end) in enumerate(pairwise(bounds))]
 
 
-async def _joined(jobs: list[asyncio.Future[tuple[bytes, list[int]]]]) -> tuple[bytes, list[int]]:
-    """One frame's slices as one JSON array, in order (each slice is a non-empty array)."""
-    done = await asyncio.gather(*jobs)
-    tokens = [t for _, part in done for t in part]
-    return b"[" + b",".join(body[1:-1] for body, part in done if part) + b"]", tokens
-
-
 def encode_ticks_python(frame: bytes, is_mock: bool, times: IsoTimes) -> tuple[bytes, list[int]]:
     """The reference path: decode to the official client's dicts, then JSON."""
     ticks = decode_frame(frame, to_datetime=times)
@@ -155,9 +148,11 @@ class TickPipeline:
         # Encoding a 3000-packet frame takes milliseconds. The C encoder releases the GIL while
         # it writes, so on threads of their own it leaves the event loop free to serve subscribes
         # and /health meanwhile (benchmarks/bench_decode.py: the loop's lateness p50 drops from
-        # ~11 ms with the GIL held to ~0.1 ms). A frame is cut into slices that encode on two
-        # threads at once while the slices before them are published, in order: a step's frames
-        # arrive together, and the first ticks of each should not wait for all the others.
+        # ~11 ms with the GIL held to ~0.1 ms). A step's frames arrive together: two encode at
+        # once while the ones before them are published, in order. A frame is not cut into
+        # slices to be joined again: six thread hops and their GIL hand-overs cost more than
+        # they save (a 3,000-packet quote frame is ready after ~1.4 ms whole, ~2.9 ms in
+        # slices; bench_e2e added at 27,000: p50 ~16 ms instead of ~22 ms).
         loop = asyncio.get_running_loop()
         encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]] = \
             asyncio.Queue(PIPELINE_DEPTH)
@@ -166,13 +161,10 @@ class TickPipeline:
             try:
                 while True:
                     frame = await self.queue.get()
-                    parts = split_frame(frame, self.message_ticks or SLICE_PACKETS)
-                    if self.message_ticks or len(parts) == 1:
-                        for part in parts:
-                            await encoded.put((part, self._encode(loop, decoder, part)))
-                    else:
-                        jobs = [self._encode(loop, decoder, part) for part in parts]
-                        await encoded.put((frame, asyncio.ensure_future(_joined(jobs))))
+                    parts = split_frame(frame, self.message_ticks) if self.message_ticks \
+                        else [frame]
+                    for part in parts:
+                        await encoded.put((part, self._encode(loop, decoder, part)))
             finally:
                 publisher.cancel()
 
@@ -193,22 +185,62 @@ class TickPipeline:
     async def _publish_in_order(
         self, encoded: asyncio.Queue[tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]]]
     ) -> None:
+        # A step's frames arrive together; awaiting each PUBLISH's reply before sending the next
+        # put the frames of a burst one round trip apart (issue 12). The messages already
+        # encoded when the publisher comes round go out in one pipelined round trip, in order
+        # (one connection), while the frames behind them are still being encoded.
+        head: tuple[bytes, asyncio.Future[tuple[bytes, list[int]]]] | None = None
         while True:
-            frame, job = await encoded.get()
+            ready = [await self._result(*(head or await encoded.get()))]
+            head = None
+            while not encoded.empty():
+                item = encoded.get_nowait()
+                if not item[1].done():
+                    head = item  # still encoding: it leads the next round trip
+                    break
+                ready.append(await self._result(*item))
             try:
-                body, tokens = await job
-                await self._publish(body, tokens)
-            except struct.error as exc:  # counted in frames_rejected
-                log.warning("malformed tick frame of %d bytes dropped: %s", len(frame), exc)
-            except Exception:  # one bad frame must not stop the stream
-                log.exception("tick frame dropped")
+                await self._publish([r for r in ready if r is not None])
+            except Exception:  # one bad batch must not stop the stream
+                log.exception("tick messages dropped")
 
-    async def _publish(self, body: bytes, tokens: list[int]) -> None:
-        if not tokens:
+    async def _result(self, frame: bytes, job: asyncio.Future[tuple[bytes, list[int]]]
+                      ) -> tuple[bytes, list[int]] | None:
+        """A frame's encoded message, or None when it could not be encoded (logged)."""
+        try:
+            return await job
+        except struct.error as exc:  # counted in frames_rejected
+            log.warning("malformed tick frame of %d bytes dropped: %s", len(frame), exc)
+        except Exception:  # one bad frame must not stop the stream
+            log.exception("tick frame dropped")
+        return None
+
+    async def _publish(self, messages: list[tuple[bytes, list[int]]]) -> None:
+        """Publish these messages, in order, in one round trip; the gate is asked per message."""
+        pipe = self.redis.pipeline(transaction=False)
+        sent = 0
+        for body, tokens in messages:
+            if not tokens:
+                continue
+            if not self.gate():
+                self.fenced_frames += 1
+                continue
+            self._note(tokens)
+            pipe.publish(self.channel, body)
+            sent += 1
+        if not sent:
             return
-        if not self.gate():
-            self.fenced_frames += 1
-            return
+        try:
+            await pipe.execute()
+            self.redis_ok = True
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            self.publish_failures += sent
+            if self.redis_ok:
+                log.error("Redis unreachable: ticks are not being published")
+            self.redis_ok = False
+
+    def _note(self, tokens: list[int]) -> None:
+        """Tick bookkeeping for one message about to go out."""
         now = time.time()
         self.newest_tick_at = now
         last_tick = self.last_tick
@@ -220,14 +252,6 @@ class TickPipeline:
                 self.awaiting_first.discard(token)
         self.ticks_total += len(tokens)
         self.frames_total += 1
-        try:
-            await self.redis.publish(self.channel, body)
-            self.redis_ok = True
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            self.publish_failures += 1
-            if self.redis_ok:
-                log.error("Redis unreachable: ticks are not being published")
-            self.redis_ok = False
 
     def clear(self) -> None:
         """Drop every frame not yet published (the holder stepped down)."""

@@ -44,21 +44,26 @@ def churn(engine: Any, fresh: list[int], rate: float, stop: threading.Event) -> 
 
 
 class SilenceRecorder(h.TickRecorder):
-    """The tick recorder, also keeping every silence longer than two intervals (wall clock)."""
+    """The tick recorder, also keeping every silence longer than two intervals (wall clock).
+
+    A silence ends with any tick of the instrument, a repeated packet included: the simulator
+    stops an instrument's walk while nobody subscribes it, so the answer to the resubscribe
+    repeats the last packet, and nothing happened in the market meanwhile that could be missed."""
 
     def __init__(self, client: redis.Redis, watched: set[int], interval: float) -> None:
         self.silences: list[tuple[int, float, float]] = []  # token, last tick, next tick
+        self.heard: dict[int, float] = {}
         self.offset = time.time() - time.perf_counter()
         super().__init__(client, watched, interval)
 
     def _see(self, tick: dict[str, Any], now: float) -> None:
-        before = self.last.get(tick["instrument_token"])
+        token = tick["instrument_token"]
+        if token in self.watched:
+            before = self.heard.get(token)
+            self.heard[token] = now
+            if self.recording and before is not None and now - before > 2 * self.interval:
+                self.silences.append((token, before + self.offset, now + self.offset))
         super()._see(tick, now)
-        after = self.last.get(tick["instrument_token"])
-        if (self.recording and before is not None and after is not before
-                and now - before[1] > 2 * self.interval):
-            self.silences.append((tick["instrument_token"], before[1] + self.offset,
-                                  now + self.offset))
 
 
 class GapEvents:

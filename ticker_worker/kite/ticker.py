@@ -69,6 +69,10 @@ class AuthRejected(Exception):
     """Raised inside the client when Kite answers the handshake with 403."""
 
 
+#: A socket that stayed up this long counts as healthy: its loss starts the backoff afresh.
+HEALTHY_AFTER = 5.0
+
+
 def backoff(attempt: int, cap: float, base: float = 0.5) -> float:
     """Exponential backoff with full jitter, capped: attempt 1 waits up to `base` seconds."""
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
@@ -99,6 +103,8 @@ class TickerConnection:
         self.reconnects = 0
         self.frames = 0
         self.last_message_at = 0.0
+        self.connected_at = float("-inf")
+        self.failures = 0  # connection attempts failed in a row (what the backoff grows with)
         self.auth_failed = False
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
@@ -195,12 +201,11 @@ class TickerConnection:
             await self._send(self._picture(by_mode))
 
     async def _run(self) -> None:
-        attempt = 0
+        self.failures = 0
         while not self._stopped:
             reason = "dropped"
             try:
                 await self._connect_and_read()
-                attempt = 0
             except AuthRejected:
                 self.auth_failed = True
                 log.error("handshake refused with 403: access token expired or invalid; "
@@ -217,12 +222,15 @@ class TickerConnection:
             except Exception:
                 reason = "error"
                 log.exception("connection task failed; reconnecting", extra=self.log_extra)
+            healthy = self.connected and time.monotonic() - self.connected_at >= HEALTHY_AFTER
             await self._lost(reason)
             if self._stopped:
                 return
-            attempt += 1
+            # Only failures in a row grow the backoff: a socket dropped once a minute after
+            # streaming fine reconnects at once every time, not after the 30 s cap.
+            self.failures = 1 if healthy else self.failures + 1
             self.reconnects += 1
-            await asyncio.sleep(backoff(attempt, self.max_delay))
+            await asyncio.sleep(backoff(self.failures, self.max_delay))
 
     async def _lost(self, reason: str) -> None:
         was_connected = self.connected
@@ -245,7 +253,7 @@ class TickerConnection:
                 raise AuthRejected from None
             raise
         self.connected = True
-        self.last_message_at = time.monotonic()
+        self.connected_at = self.last_message_at = time.monotonic()
         log.info("connected; resubscribing %d tokens", len(self.tokens), extra=self.log_extra)
         await self._resubscribe_all()
         # Level-triggered: every (re)connect is followed by a reconcile pass.

@@ -79,8 +79,8 @@ async def test_a_released_lease_is_never_taken_back_by_the_holder_leaving() -> N
     assert keeper.role == "standby" and db.acquires == 1, "the leaving holder took it back"
 
 
-async def test_a_takeover_that_fails_gives_the_lease_back() -> None:
-    db = FreeDatabase()
+def record_releases(db: FreeDatabase) -> list[Any]:
+    """The arguments of every lease release `db` runs, as they happen."""
     released: list[Any] = []
     real_run = db.run
 
@@ -90,6 +90,12 @@ async def test_a_takeover_that_fails_gives_the_lease_back() -> None:
         return await real_run(fn, *args, lane=lane)
 
     db.run = run  # type: ignore[method-assign]
+    return released
+
+
+async def test_a_takeover_that_fails_gives_the_lease_back() -> None:
+    db = FreeDatabase()
+    released = record_releases(db)
     stood_down: list[bool] = []
 
     async def on_active(epoch: int) -> None:
@@ -107,15 +113,7 @@ async def test_a_takeover_that_fails_gives_the_lease_back() -> None:
 
 async def test_a_step_down_while_leaving_still_releases_the_lease() -> None:
     db = FreeDatabase()
-    released: list[Any] = []
-    real_run = db.run
-
-    async def run(fn: Any, *args: Any, lane: str = "fast") -> Any:
-        if fn.__name__ == "release":
-            released.append(args)
-        return await real_run(fn, *args, lane=lane)
-
-    db.run = run  # type: ignore[method-assign]
+    released = record_releases(db)
 
     async def nothing(*args: Any) -> None:
         pass

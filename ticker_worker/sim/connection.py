@@ -159,9 +159,10 @@ class Connection:
                             await self._send(HEARTBEAT)
                     continue
                 message = self.pending.popleft()
+                # Popped first, muted or not: a stale id must not label a later message.
+                step = self._step_of.pop(id(message), None)
                 if self.account.muted:
                     continue
-                step = self._step_of.pop(id(message), None)
                 if step is not None:
                     began = time.monotonic()
                     await self._send(message)
